@@ -1,0 +1,22 @@
+//! Ting's wire and model types: typed ids and the signalling protocol messages.
+//!
+//! This crate is data only — serde types, no IO, no async runtime — so every other crate
+//! (SFU, signalling, tools, tests) can depend on it. The JSON shape of every message is
+//! documented with examples in `docs/protocol.md`; [`PROTOCOL_VERSION`] is bumped when a
+//! change would break an existing client.
+
+mod ids;
+mod signal;
+
+pub use ids::{ParticipantId, RoomId, RoomIdError, TrackId};
+pub use signal::{
+    ClientMessage, ErrorCode, LeaveReason, ParticipantInfo, PublishedTrack, Role, ServerMessage,
+    Subscription, TrackInfo, TrackKind, TrackSource,
+};
+
+/// Version of the signalling protocol spoken on `/ws`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest WebSocket message (in bytes) the server accepts; SDP offers with many m-lines stay
+/// far below this.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;

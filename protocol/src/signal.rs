@@ -1,0 +1,304 @@
+//! Signalling protocol v1: JSON messages over one WebSocket per participant.
+//!
+//! Every message is an object with a `type` field in snake_case. The client always makes the
+//! SDP offers (publishing its own tracks, and adding receive-only transceivers for what it wants
+//! to watch), so there is never offer glare; the server answers. What a receive-only m-line shows
+//! is chosen with `subscribe`, which maps a remote track to one of the client's `mid`s and can be
+//! changed at any time without renegotiating.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ParticipantId, RoomId, TrackId};
+
+/// Messages a client sends to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// The first message on a new WebSocket. `resume` carries the `resume_token` of an earlier
+    /// `joined` to come back as the same participant after the socket dropped.
+    Join {
+        version: u32,
+        token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
+    },
+    /// An SDP offer covering the whole peer connection; `tracks` names the source of each
+    /// m-line the client sends on. Answered by `answer`.
+    Offer {
+        sdp: String,
+        #[serde(default)]
+        tracks: Vec<PublishedTrack>,
+    },
+    /// A trickled ICE candidate (`a=candidate` value without the prefix). Optional: the server
+    /// learns the client's address from its connectivity checks.
+    Candidate {
+        candidate: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mid: Option<String>,
+    },
+    /// The full list of what the client wants to receive, and on which receive-only m-line.
+    Subscribe { subscriptions: Vec<Subscription> },
+    /// Mute or unmute one of the client's own tracks. Muted tracks are not forwarded.
+    Mute { track_id: TrackId, muted: bool },
+    /// Leave the room; the server answers `bye` and closes the socket. (A struct variant so
+    /// that unknown fields are rejected like everywhere else.)
+    Leave {},
+    /// Keep-alive; answered by `pong` with the same nonce.
+    Ping {
+        #[serde(default)]
+        nonce: u64,
+    },
+}
+
+/// Messages the server sends to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Answer to `join`: who you are and a snapshot of the room.
+    Joined {
+        version: u32,
+        room: RoomId,
+        participant: ParticipantInfo,
+        /// Present when this `joined` resumes an earlier session of the same participant.
+        resumed: bool,
+        /// Secret that lets this participant come back within the grace period after its
+        /// WebSocket drops.
+        resume_token: String,
+        /// Seconds the server keeps a participant whose socket dropped.
+        resume_grace_secs: u32,
+        /// Everybody else in the room, with their tracks.
+        participants: Vec<ParticipantInfo>,
+        /// The current active speaker, if anybody speaks.
+        active_speaker: Option<ParticipantId>,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant_id: ParticipantId,
+        reason: LeaveReason,
+    },
+    ParticipantUpdated {
+        participant: ParticipantInfo,
+    },
+    TrackPublished {
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        track_id: TrackId,
+        participant_id: ParticipantId,
+    },
+    /// A track's state changed (mute).
+    TrackUpdated {
+        track: TrackInfo,
+    },
+    /// Answer to the client's `offer`. `tracks` are the ids given to the client's own m-lines.
+    Answer {
+        sdp: String,
+        tracks: Vec<TrackInfo>,
+    },
+    /// The loudest participant changed (`None` when the room fell silent).
+    ActiveSpeaker {
+        participant_id: Option<ParticipantId>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Pong {
+        nonce: u64,
+    },
+    /// The server ends this session; the socket closes right after.
+    Bye {
+        reason: LeaveReason,
+    },
+}
+
+/// What a participant may do in a room. Carried in the join token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Host,
+    Moderator,
+    #[default]
+    Speaker,
+    /// Listens and watches; may publish once promoted.
+    Attendee,
+    /// Receive only.
+    Viewer,
+}
+
+impl Role {
+    pub fn may_publish(self) -> bool {
+        matches!(self, Role::Host | Role::Moderator | Role::Speaker)
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned()))
+            .map_err(|_| format!("unknown role '{s}' (host, moderator, speaker, attendee, viewer)"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    pub id: ParticipantId,
+    /// Stable identity from the token (user id, e-mail, ...).
+    pub identity: String,
+    /// Display name.
+    pub name: String,
+    pub role: Role,
+    pub tracks: Vec<TrackInfo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    Audio,
+    Video,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    Microphone,
+    Camera,
+    Screen,
+    /// Audio that comes with a screen share.
+    ScreenAudio,
+}
+
+impl TrackSource {
+    pub fn kind(self) -> TrackKind {
+        match self {
+            TrackSource::Microphone | TrackSource::ScreenAudio => TrackKind::Audio,
+            TrackSource::Camera | TrackSource::Screen => TrackKind::Video,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    pub id: TrackId,
+    pub participant_id: ParticipantId,
+    /// The publisher's m-line.
+    pub mid: String,
+    pub kind: TrackKind,
+    pub source: TrackSource,
+    pub muted: bool,
+}
+
+/// One m-line the client publishes on, as declared in its `offer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedTrack {
+    pub mid: String,
+    pub source: TrackSource,
+    #[serde(default)]
+    pub muted: bool,
+}
+
+/// Show remote track `track_id` on the client's receive-only m-line `mid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    pub track_id: TrackId,
+    pub mid: String,
+    /// Height in pixels of the tile the video is shown in; picks the simulcast layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_height: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The participant said `leave` (or a WHIP/WHEP session was deleted).
+    Left,
+    /// The socket dropped and did not come back within the grace period.
+    Disconnected,
+    /// The media connection failed (ICE or DTLS).
+    MediaFailed,
+    /// The same participant resumed on a newer socket.
+    Replaced,
+    /// The server is shutting down.
+    ServerShutdown,
+}
+
+/// Machine-readable error codes. A client shows `message`; it branches on `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not valid JSON, or a known message with wrong fields.
+    BadMessage,
+    /// Valid JSON with a `type` the server does not know.
+    UnknownMessage,
+    /// The message exceeds the size limit.
+    MessageTooLarge,
+    UnsupportedVersion,
+    /// The token is malformed or its signature is wrong.
+    InvalidToken,
+    TokenExpired,
+    /// The token is for another room.
+    WrongRoom,
+    /// A message other than `join` arrived before `join`.
+    NotJoined,
+    AlreadyJoined,
+    /// The resume token is unknown or its grace period ran out.
+    ResumeFailed,
+    /// The SDP could not be parsed or negotiated.
+    InvalidSdp,
+    /// The participant's role does not allow this.
+    NotAllowed,
+    UnknownTrack,
+    /// The media server is overloaded or shutting down.
+    Unavailable,
+    Internal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_use_a_type_tag() {
+        let msg: ClientMessage =
+            serde_json::from_str(r#"{"type":"mute","track_id":7,"muted":true}"#).unwrap();
+        assert_eq!(
+            msg,
+            ClientMessage::Mute {
+                track_id: TrackId(7),
+                muted: true
+            }
+        );
+        let leave: ClientMessage = serde_json::from_str(r#"{"type":"leave"}"#).unwrap();
+        assert_eq!(leave, ClientMessage::Leave {});
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_rejected() {
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"dance"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"leave","extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn server_messages_serialize_snake_case() {
+        let json = serde_json::to_value(ServerMessage::Error {
+            code: ErrorCode::TokenExpired,
+            message: "expired".into(),
+        })
+        .unwrap();
+        assert_eq!(json["type"], "error");
+        assert_eq!(json["code"], "token_expired");
+    }
+
+    #[test]
+    fn roles_parse_from_cli_strings() {
+        assert_eq!("viewer".parse::<Role>(), Ok(Role::Viewer));
+        assert!("emperor".parse::<Role>().is_err());
+        assert!(!Role::Viewer.may_publish());
+        assert!(Role::Host.may_publish());
+    }
+}

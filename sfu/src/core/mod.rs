@@ -1,0 +1,907 @@
+//! The sans-IO forwarding core of one shard.
+//!
+//! [`Sfu`] owns every participant's `str0m::Rtc` and the routing table between them. It never
+//! reads a clock or touches a socket: datagrams and time go in through `handle_*`, and
+//! [`Sfu::poll_output`] hands back transmits, events and the next timeout. As with str0m itself,
+//! after every call that changes state, drain `poll_output` until it returns a timeout.
+
+mod peer;
+mod track;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::SdpOffer;
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
+use ting_protocol::{ParticipantId, RoomId, TrackId, TrackKind};
+use tracing::{debug, trace};
+
+use crate::demux::{Demux, Route};
+use crate::layer::{VideoDemand, select_layers};
+use crate::metrics::SfuMetrics;
+use crate::speaker::SpeakerDetector;
+use peer::{Peer, Slot};
+pub use track::LayerKey;
+use track::{Track, vp8_keyframe_height};
+
+/// How often layer choices, speakers and bandwidth targets are re-evaluated.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
+/// At most one keyframe request per layer of a track in this interval.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+/// Bandwidth assumed for a receiver before its first estimate.
+const INITIAL_BANDWIDTH: Bitrate = Bitrate::kbps(1_500);
+/// Audio receives this much of a receiver's bandwidth before video is allocated.
+const AUDIO_BUDGET_BPS: u64 = 48_000;
+
+#[derive(Debug, Clone, Default)]
+pub struct SfuConfig {
+    /// Host candidates put in every answer: the local addresses of the shard's sockets.
+    pub host_candidates: Vec<SocketAddr>,
+    /// Public addresses in front of a NAT, each with the local socket address it forwards to.
+    pub reflexive_candidates: Vec<(SocketAddr, SocketAddr)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SfuError {
+    #[error("unknown participant")]
+    UnknownParticipant,
+    #[error("participant is already connected")]
+    DuplicateParticipant,
+    #[error("invalid SDP offer: {0}")]
+    InvalidSdp(String),
+    #[error("invalid subscription: {0}")]
+    InvalidSubscription(String),
+    #[error("no such track: {0}")]
+    UnknownTrack(TrackId),
+    #[error("invalid ICE candidate: {0}")]
+    InvalidCandidate(String),
+}
+
+/// A track the publisher declared for one of its m-lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    pub mid: String,
+    pub track_id: TrackId,
+    pub kind: TrackKind,
+    pub muted: bool,
+}
+
+/// The SDP answer to an offer, and the declared tracks that did not match the offer (those are
+/// not published; the rest of the offer stands).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferAnswer {
+    pub sdp: String,
+    pub rejected_tracks: Vec<String>,
+}
+
+/// Show `track_id` on the receiver's m-line `mid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeRequest {
+    pub track_id: TrackId,
+    pub mid: String,
+    pub max_height: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SfuEvent {
+    /// ICE and DTLS are up: media can flow.
+    Connected { participant: ParticipantId },
+    /// The media connection ended (ICE consent lost, DTLS closed); the peer has been removed.
+    Closed { participant: ParticipantId },
+    ActiveSpeaker {
+        room: RoomId,
+        participant: Option<ParticipantId>,
+    },
+}
+
+#[derive(Debug)]
+pub enum SfuOutput {
+    Transmit(Transmit),
+    Event(SfuEvent),
+    Timeout(Instant),
+}
+
+#[derive(Debug, Default)]
+struct RoomMedia {
+    members: Vec<ParticipantId>,
+    speakers: SpeakerDetector<ParticipantId>,
+}
+
+pub struct Sfu {
+    config: SfuConfig,
+    metrics: SfuMetrics,
+    peers: HashMap<ParticipantId, Peer>,
+    tracks: HashMap<TrackId, Track>,
+    rooms: HashMap<RoomId, RoomMedia>,
+    demux: Demux<ParticipantId>,
+    out: VecDeque<SfuOutput>,
+    dirty: Vec<ParticipantId>,
+    next_housekeeping: Instant,
+    now: Instant,
+}
+
+impl Sfu {
+    pub fn new(config: SfuConfig, metrics: SfuMetrics, now: Instant) -> Self {
+        Self {
+            config,
+            metrics,
+            peers: HashMap::new(),
+            tracks: HashMap::new(),
+            rooms: HashMap::new(),
+            demux: Demux::default(),
+            out: VecDeque::new(),
+            dirty: Vec::new(),
+            next_housekeeping: now,
+            now,
+        }
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Creates the media connection of a participant; its first `accept_offer` follows.
+    pub fn add_peer(
+        &mut self,
+        now: Instant,
+        room: RoomId,
+        participant: ParticipantId,
+    ) -> Result<(), SfuError> {
+        if self.peers.contains_key(&participant) {
+            return Err(SfuError::DuplicateParticipant);
+        }
+        self.now = now;
+        let creds = IceCreds::new();
+        let mut rtc = Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .set_local_ice_credentials(creds.clone())
+            .enable_bwe(Some(INITIAL_BANDWIDTH))
+            .set_stats_interval(Some(Duration::from_secs(2)))
+            .build(now);
+        let hosts = self
+            .config
+            .host_candidates
+            .iter()
+            .map(|a| (Candidate::host(*a, "udp"), *a));
+        let reflexive = self
+            .config
+            .reflexive_candidates
+            .iter()
+            .map(|(public, base)| (Candidate::server_reflexive(*public, *base, "udp"), *public));
+        for (candidate, addr) in hosts.chain(reflexive) {
+            match candidate {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => debug!(%addr, "unusable candidate: {e}"),
+            }
+        }
+        self.demux.add_ufrag(creds.ufrag, participant);
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .members
+            .push(participant);
+        self.peers.insert(
+            participant,
+            Peer {
+                id: participant,
+                room,
+                rtc,
+                connected: false,
+                published: HashMap::new(),
+                slots: HashMap::new(),
+                bandwidth_bps: INITIAL_BANDWIDTH.as_u64(),
+                timeout: now,
+                dirty: false,
+                stats_seen: HashMap::new(),
+            },
+        );
+        self.metrics.peers.set(self.peers.len() as i64);
+        Ok(())
+    }
+
+    /// Applies a client's SDP offer and the list of tracks it publishes; returns the SDP answer.
+    ///
+    /// `publish` is the complete list: tracks of this peer missing from it are unpublished.
+    pub fn accept_offer(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        offer_sdp: &str,
+        publish: &[PublishRequest],
+    ) -> Result<OfferAnswer, SfuError> {
+        self.now = now;
+        let peer = self
+            .peers
+            .get_mut(&participant)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let offer = SdpOffer::from_sdp_string(offer_sdp)
+            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let answer = peer
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+
+        // Validate the declared tracks against the negotiated m-lines.
+        let mut wanted: HashMap<Mid, (TrackId, MediaKind, bool)> = HashMap::new();
+        let mut rejected_tracks = Vec::new();
+        for req in publish {
+            let mid = Mid::from(req.mid.as_str());
+            let kind = media_kind(req.kind);
+            match peer.rtc.media(mid) {
+                Some(m) if m.kind() != kind => {
+                    rejected_tracks.push(format!("m-line {} is not {:?}", req.mid, req.kind));
+                }
+                Some(m) if !matches!(m.direction(), Direction::RecvOnly | Direction::SendRecv) => {
+                    rejected_tracks.push(format!("m-line {} does not send to the server", req.mid));
+                }
+                Some(_) => {
+                    wanted.insert(mid, (req.track_id, kind, req.muted));
+                }
+                None => rejected_tracks.push(format!("no m-line {} in the offer", req.mid)),
+            }
+        }
+
+        // Unpublish what is gone or changed, publish what is new.
+        let gone: Vec<(Mid, TrackId)> = peer
+            .published
+            .iter()
+            .filter(|(mid, id)| wanted.get(mid).is_none_or(|(w, _, _)| w != *id))
+            .map(|(m, id)| (*m, *id))
+            .collect();
+        for (mid, id) in gone {
+            self.unpublish(participant, mid, id);
+        }
+        for (mid, (id, kind, muted)) in wanted {
+            let peer = self.peer_mut(participant)?;
+            if peer.published.contains_key(&mid) {
+                continue;
+            }
+            peer.published.insert(mid, id);
+            self.tracks
+                .insert(id, Track::new(participant, mid, kind, muted));
+        }
+        self.metrics.tracks.set(self.tracks.len() as i64);
+        self.mark_dirty(participant);
+        Ok(OfferAnswer {
+            sdp: answer.to_sdp_string(),
+            rejected_tracks,
+        })
+    }
+
+    /// Replaces what the participant receives with `subscriptions` (a complete list).
+    /// Nothing changes if any entry is invalid.
+    pub fn set_subscriptions(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        subscriptions: &[SubscribeRequest],
+    ) -> Result<(), SfuError> {
+        self.now = now;
+        let peer = self
+            .peers
+            .get(&participant)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let mut wanted: HashMap<Mid, &SubscribeRequest> = HashMap::new();
+        for sub in subscriptions {
+            let mid = Mid::from(sub.mid.as_str());
+            let track = self
+                .tracks
+                .get(&sub.track_id)
+                .ok_or(SfuError::UnknownTrack(sub.track_id))?;
+            let invalid = |why: &str| {
+                Err(SfuError::InvalidSubscription(format!(
+                    "mid {}: {why}",
+                    sub.mid
+                )))
+            };
+            if track.owner == participant {
+                return invalid("a participant does not receive its own tracks");
+            }
+            match peer.rtc.media(mid) {
+                None => return invalid("no such m-line"),
+                Some(m) if m.kind() != track.kind => return invalid("kind differs from the track"),
+                Some(m) if !matches!(m.direction(), Direction::SendOnly | Direction::SendRecv) => {
+                    return invalid("m-line does not receive from the server");
+                }
+                Some(_) => {}
+            }
+            if wanted.insert(mid, sub).is_some() {
+                return invalid("m-line used twice");
+            }
+        }
+
+        let peer = self.peer_mut(participant)?;
+        let old: Vec<(Mid, TrackId)> = peer.slots.iter().map(|(m, s)| (*m, s.track)).collect();
+        let mut detach = Vec::new();
+        let mut attach = Vec::new();
+        for (mid, track) in &old {
+            if wanted.get(mid).is_none_or(|s| s.track_id != *track) {
+                detach.push((*mid, *track));
+            }
+        }
+        for (mid, sub) in &wanted {
+            match peer.slots.get_mut(mid) {
+                Some(slot) if slot.track == sub.track_id => slot.max_height = sub.max_height,
+                _ => attach.push((*mid, sub.track_id, sub.max_height)),
+            }
+        }
+        let mut stale_timestamps = HashMap::new();
+        for (mid, _) in &detach {
+            if let Some(slot) = peer.slots.remove(mid) {
+                stale_timestamps.insert(*mid, slot.timestamps);
+            }
+        }
+        for (mid, track) in detach {
+            if let Some(t) = self.tracks.get_mut(&track) {
+                t.subscribers.retain(|s| *s != (participant, mid));
+            }
+        }
+        let peer = self.peer_mut(participant)?;
+        for (mid, track, max_height) in &attach {
+            // Re-used m-lines continue their timestamp line from the previous source.
+            let mut timestamps = stale_timestamps.remove(mid).unwrap_or_default();
+            timestamps.source_changed();
+            peer.slots
+                .insert(*mid, Slot::new(*track, *max_height, timestamps));
+        }
+        for (mid, track, _) in attach {
+            if let Some(t) = self.tracks.get_mut(&track) {
+                t.subscribers.push((participant, mid));
+            }
+        }
+        self.select_layers_for(participant);
+        self.mark_dirty(participant);
+        Ok(())
+    }
+
+    /// Muted tracks are not forwarded; unmuting video waits for a fresh keyframe.
+    pub fn set_muted(
+        &mut self,
+        now: Instant,
+        track_id: TrackId,
+        muted: bool,
+    ) -> Result<(), SfuError> {
+        self.now = now;
+        let track = self
+            .tracks
+            .get_mut(&track_id)
+            .ok_or(SfuError::UnknownTrack(track_id))?;
+        let was_muted = std::mem::replace(&mut track.muted, muted);
+        if was_muted && !muted && track.kind == MediaKind::Video {
+            let subscribers = track.subscribers.clone();
+            for (sub, mid) in subscribers {
+                if let Some(slot) = self.peers.get_mut(&sub).and_then(|p| p.slots.get_mut(&mid)) {
+                    slot.current = None;
+                    slot.timestamps.source_changed();
+                    let target = slot.target;
+                    self.request_keyframe(track_id, target, KeyframeRequestKind::Pli);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add_remote_candidate(
+        &mut self,
+        participant: ParticipantId,
+        candidate: &str,
+    ) -> Result<(), SfuError> {
+        let candidate = candidate.strip_prefix("a=").unwrap_or(candidate);
+        let parsed = Candidate::from_sdp_string(candidate)
+            .map_err(|e| SfuError::InvalidCandidate(e.to_string()))?;
+        self.peer_mut(participant)?.rtc.add_remote_candidate(parsed);
+        self.mark_dirty(participant);
+        Ok(())
+    }
+
+    /// Removes a participant's media: its tracks are unpublished and its subscriptions dropped.
+    pub fn remove_peer(&mut self, participant: ParticipantId) {
+        let Some(mut peer) = self.peers.remove(&participant) else {
+            return;
+        };
+        peer.rtc.disconnect();
+        // The peer is already out of the map, so `unpublish` only clears tracks and receivers.
+        for (mid, track) in std::mem::take(&mut peer.published) {
+            self.unpublish(participant, mid, track);
+        }
+        for (mid, slot) in peer.slots.drain() {
+            if let Some(t) = self.tracks.get_mut(&slot.track) {
+                t.subscribers.retain(|s| *s != (participant, mid));
+            }
+        }
+        self.demux.remove(participant);
+        if let Some(room) = self.rooms.get_mut(&peer.room) {
+            room.members.retain(|p| *p != participant);
+            let was_speaker = room.speakers.current() == Some(participant);
+            room.speakers.remove(participant);
+            if room.members.is_empty() {
+                self.rooms.remove(&peer.room);
+            } else if was_speaker {
+                self.out
+                    .push_back(SfuOutput::Event(SfuEvent::ActiveSpeaker {
+                        room: peer.room.clone(),
+                        participant: None,
+                    }));
+            }
+        }
+        self.metrics.peers.set(self.peers.len() as i64);
+        self.metrics.tracks.set(self.tracks.len() as i64);
+    }
+
+    /// A datagram arrived on the shard's socket.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        datagram: &[u8],
+    ) {
+        self.now = now;
+        self.metrics.datagrams.with_label_values(&["in"]).inc();
+        self.metrics
+            .bytes
+            .with_label_values(&["in"])
+            .inc_by(datagram.len() as u64);
+        let Route::Peer(participant) = self.demux.route((source, destination), datagram) else {
+            trace!(%source, "datagram from unknown sender");
+            self.metrics.unroutable.inc();
+            return;
+        };
+        let Ok(contents) = DatagramRecv::try_from(datagram) else {
+            self.metrics.unroutable.inc();
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&participant) else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto,
+                source,
+                destination,
+                contents,
+            },
+        );
+        if datagram[0] < 4 && peer.rtc.accepts(&input) {
+            self.demux.learn_address((source, destination), participant);
+        }
+        if let Err(e) = peer.rtc.handle_input(input) {
+            debug!(participant = %participant, "input rejected: {e}");
+        }
+        self.mark_dirty(participant);
+    }
+
+    /// Time passed; drives every peer whose timer is due, and periodic housekeeping.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        let due: Vec<ParticipantId> = self
+            .peers
+            .values()
+            .filter(|p| p.timeout <= now)
+            .map(|p| p.id)
+            .collect();
+        for participant in due {
+            if let Some(peer) = self.peers.get_mut(&participant) {
+                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                    debug!(participant = %participant, "timeout input failed: {e}");
+                }
+                self.mark_dirty(participant);
+            }
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
+            self.housekeeping();
+        }
+    }
+
+    /// Next output; call until it returns [`SfuOutput::Timeout`].
+    pub fn poll_output(&mut self) -> SfuOutput {
+        loop {
+            if let Some(out) = self.out.pop_front() {
+                return out;
+            }
+            let Some(participant) = self.dirty.pop() else {
+                break;
+            };
+            self.drive(participant);
+        }
+        let next = self
+            .peers
+            .values()
+            .map(|p| p.timeout)
+            .min()
+            .unwrap_or(self.next_housekeeping)
+            .min(self.next_housekeeping);
+        SfuOutput::Timeout(next)
+    }
+
+    fn peer_mut(&mut self, participant: ParticipantId) -> Result<&mut Peer, SfuError> {
+        self.peers
+            .get_mut(&participant)
+            .ok_or(SfuError::UnknownParticipant)
+    }
+
+    fn mark_dirty(&mut self, participant: ParticipantId) {
+        if let Some(peer) = self.peers.get_mut(&participant)
+            && !peer.dirty
+        {
+            peer.dirty = true;
+            self.dirty.push(participant);
+        }
+    }
+
+    /// Drains one peer's `Rtc` until it wants a timeout, then acts on its events.
+    fn drive(&mut self, participant: ParticipantId) {
+        let Some(peer) = self.peers.get_mut(&participant) else {
+            return;
+        };
+        peer.dirty = false;
+        let mut events = Vec::new();
+        let mut failed = false;
+        loop {
+            match peer.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => {
+                    self.metrics.datagrams.with_label_values(&["out"]).inc();
+                    self.metrics
+                        .bytes
+                        .with_label_values(&["out"])
+                        .inc_by(t.contents.len() as u64);
+                    self.out.push_back(SfuOutput::Transmit(t));
+                }
+                Ok(Output::Event(e)) => events.push(e),
+                Ok(Output::Timeout(t)) => {
+                    peer.timeout = t;
+                    break;
+                }
+                Err(e) => {
+                    debug!(participant = %participant, "media connection failed: {e}");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let alive = peer.rtc.is_alive();
+        for event in events {
+            self.on_event(participant, event);
+        }
+        if failed || !alive {
+            self.close(participant);
+        }
+    }
+
+    fn close(&mut self, participant: ParticipantId) {
+        if self.peers.contains_key(&participant) {
+            self.remove_peer(participant);
+            self.out
+                .push_back(SfuOutput::Event(SfuEvent::Closed { participant }));
+        }
+    }
+
+    fn on_event(&mut self, participant: ParticipantId, event: Event) {
+        match event {
+            Event::Connected => {
+                if let Some(peer) = self.peers.get_mut(&participant) {
+                    peer.connected = true;
+                }
+                self.out
+                    .push_back(SfuOutput::Event(SfuEvent::Connected { participant }));
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.close(participant);
+            }
+            Event::Closed => self.close(participant),
+            Event::MediaData(data) => self.on_media(participant, data),
+            Event::KeyframeRequest(req) => {
+                self.metrics
+                    .keyframe_requests
+                    .with_label_values(&["in"])
+                    .inc();
+                let slot = self
+                    .peers
+                    .get(&participant)
+                    .and_then(|p| p.slots.get(&req.mid));
+                if let Some(slot) = slot
+                    && let Some(layer) = slot.current
+                {
+                    let track = slot.track;
+                    self.request_keyframe(track, layer, req.kind);
+                }
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                if let Some(peer) = self.peers.get_mut(&participant) {
+                    peer.bandwidth_bps = estimate.as_u64();
+                }
+            }
+            Event::MediaIngressStats(s) => {
+                self.record_stats(
+                    participant,
+                    s.mid,
+                    s.rid,
+                    true,
+                    s.nacks,
+                    s.plis + s.firs,
+                    s.loss,
+                );
+            }
+            Event::MediaEgressStats(s) => {
+                self.record_stats(
+                    participant,
+                    s.mid,
+                    s.rid,
+                    false,
+                    s.nacks,
+                    s.plis + s.firs,
+                    s.loss,
+                );
+            }
+            _ => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_stats(
+        &mut self,
+        participant: ParticipantId,
+        mid: Mid,
+        rid: LayerKey,
+        ingress: bool,
+        nacks: u64,
+        keyframe_requests: u64,
+        loss: Option<f32>,
+    ) {
+        let Some(peer) = self.peers.get_mut(&participant) else {
+            return;
+        };
+        let seen = peer.stats_seen.entry((mid, rid, ingress)).or_default();
+        // Ingress stats count what we sent to the publisher; egress what subscribers sent us.
+        let direction = if ingress { "out" } else { "in" };
+        self.metrics
+            .nacks
+            .with_label_values(&[direction])
+            .inc_by(nacks.saturating_sub(seen.0));
+        if ingress {
+            // Incoming requests are already counted per event; only count ours here.
+            self.metrics
+                .keyframe_requests
+                .with_label_values(&["out"])
+                .inc_by(keyframe_requests.saturating_sub(seen.1));
+        }
+        *seen = (nacks.max(seen.0), keyframe_requests.max(seen.1));
+        if let Some(loss) = loss {
+            let direction = if ingress { "in" } else { "out" };
+            self.metrics
+                .loss_ratio
+                .with_label_values(&[direction])
+                .observe(f64::from(loss));
+        }
+    }
+
+    fn on_media(&mut self, publisher: ParticipantId, data: MediaData) {
+        let Some(peer) = self.peers.get(&publisher) else {
+            return;
+        };
+        let Some(&track_id) = peer.published.get(&data.mid) else {
+            return;
+        };
+        let room = peer.room.clone();
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        let layer: LayerKey = data.rid;
+        let keyframe = data.is_keyframe();
+        let height = if keyframe {
+            vp8_keyframe_height(&data.data)
+        } else {
+            None
+        };
+        track.record_frame(layer, data.data.len(), height, data.network_time);
+        let kind = track.kind;
+        if kind == MediaKind::Audio
+            && let Some(level) = data.ext_vals.audio_level
+            && !track.muted
+            && let Some(room) = self.rooms.get_mut(&room)
+        {
+            room.speakers.record(publisher, level, data.network_time);
+        }
+        if track.muted {
+            return;
+        }
+        let subscribers = track.subscribers.clone();
+        if kind == MediaKind::Video && !data.contiguous {
+            self.request_keyframe(track_id, layer, KeyframeRequestKind::Pli);
+        }
+        for (subscriber, mid) in subscribers {
+            self.forward(&data, kind, keyframe, subscriber, mid);
+        }
+    }
+
+    fn forward(
+        &mut self,
+        data: &MediaData,
+        kind: MediaKind,
+        keyframe: bool,
+        subscriber: ParticipantId,
+        mid: Mid,
+    ) {
+        let Some(peer) = self.peers.get_mut(&subscriber) else {
+            return;
+        };
+        if !peer.connected {
+            return;
+        }
+        let Some(slot) = peer.slots.get_mut(&mid) else {
+            return;
+        };
+        let layer = data.rid;
+        if kind == MediaKind::Video && slot.current != Some(layer) {
+            // Switch layers (or start) only on a keyframe of the wanted layer.
+            if slot.target != layer || !keyframe {
+                return;
+            }
+            if slot.current.is_some() {
+                self.metrics.layer_switches.inc();
+            }
+            slot.current = Some(layer);
+            slot.timestamps.source_changed();
+        }
+        let time = slot.timestamps.rewrite(data.time, data.network_time);
+        let Some(writer) = peer.rtc.writer(mid) else {
+            return;
+        };
+        let Some(pt) = writer.match_params(data.params) else {
+            trace!(subscriber = %subscriber, "no matching codec on the receiving m-line");
+            return;
+        };
+        let writer = match (data.ext_vals.audio_level, data.ext_vals.voice_activity) {
+            (Some(level), vad) => writer.audio_level(level, vad.unwrap_or(false)),
+            _ => writer,
+        };
+        // The payload is an `Arc<[u8]>` shared by all subscribers; str0m copies it only into
+        // each receiver's encrypted packets.
+        if let Err(e) = writer.write(pt, data.network_time, time, data.data.clone()) {
+            debug!(subscriber = %subscriber, "write failed: {e}");
+            return;
+        }
+        self.metrics.frames_forwarded.inc();
+        self.mark_dirty(subscriber);
+    }
+
+    fn request_keyframe(&mut self, track_id: TrackId, layer: LayerKey, kind: KeyframeRequestKind) {
+        let now = self.now;
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        if track.kind != MediaKind::Video
+            || !track.allow_keyframe_request(layer, now, KEYFRAME_REQUEST_INTERVAL)
+        {
+            return;
+        }
+        let (owner, mid) = (track.owner, track.mid);
+        let Some(peer) = self.peers.get_mut(&owner) else {
+            return;
+        };
+        if let Some(mut writer) = peer.rtc.writer(mid)
+            && writer.is_request_keyframe_possible(kind)
+        {
+            if let Err(e) = writer.request_keyframe(layer, kind) {
+                debug!(track = %track_id, "keyframe request failed: {e}");
+            }
+            self.mark_dirty(owner);
+        }
+    }
+
+    fn unpublish(&mut self, owner: ParticipantId, mid: Mid, track_id: TrackId) {
+        if let Some(peer) = self.peers.get_mut(&owner) {
+            peer.published.remove(&mid);
+        }
+        let Some(track) = self.tracks.remove(&track_id) else {
+            return;
+        };
+        for (subscriber, sub_mid) in track.subscribers {
+            if let Some(peer) = self.peers.get_mut(&subscriber) {
+                peer.slots.remove(&sub_mid);
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = self.now;
+        let participants: Vec<ParticipantId> = self.peers.keys().copied().collect();
+        for participant in participants {
+            self.select_layers_for(participant);
+        }
+        let mut changes = Vec::new();
+        for (room_id, room) in &mut self.rooms {
+            if let Some(speaker) = room.speakers.evaluate(now) {
+                changes.push(SfuEvent::ActiveSpeaker {
+                    room: room_id.clone(),
+                    participant: speaker,
+                });
+            }
+        }
+        self.out.extend(changes.into_iter().map(SfuOutput::Event));
+    }
+
+    /// Chooses the simulcast layer of every video the participant receives, asks publishers for
+    /// keyframes where a switch is pending, and tells the bandwidth estimator what to aim for.
+    fn select_layers_for(&mut self, participant: ParticipantId) {
+        let now = self.now;
+        let Some(peer) = self.peers.get(&participant) else {
+            return;
+        };
+        let mut videos = Vec::new();
+        let mut demands = Vec::new();
+        let mut audio_slots = 0u64;
+        for (mid, slot) in &peer.slots {
+            let Some(track) = self.tracks.get(&slot.track) else {
+                continue;
+            };
+            if track.kind == MediaKind::Audio {
+                audio_slots += 1;
+                continue;
+            }
+            let (keys, layers) = track.available_layers(now);
+            if keys.is_empty() {
+                continue;
+            }
+            videos.push((*mid, slot.track, keys));
+            demands.push(VideoDemand {
+                layers,
+                max_height: slot.max_height,
+            });
+        }
+        let audio_bps = audio_slots * AUDIO_BUDGET_BPS;
+        let budget = peer.bandwidth_bps.saturating_sub(audio_bps);
+        let choices = select_layers(budget, &demands);
+        let unconstrained = select_layers(u64::MAX / 4, &demands);
+        let sum = |choices: &[Option<usize>]| -> u64 {
+            choices
+                .iter()
+                .zip(&demands)
+                .filter_map(|(c, d)| c.map(|i| d.layers[i].bitrate_bps))
+                .sum()
+        };
+        let (current_bps, desired_bps) = (sum(&choices), sum(&unconstrained));
+
+        let mut keyframes_needed = Vec::new();
+        let Some(peer) = self.peers.get_mut(&participant) else {
+            return;
+        };
+        for ((mid, track, keys), choice) in videos.into_iter().zip(choices) {
+            let (Some(slot), Some(index)) = (peer.slots.get_mut(&mid), choice) else {
+                continue;
+            };
+            slot.target = keys[index];
+            if slot.current != Some(slot.target) {
+                keyframes_needed.push((track, slot.target));
+            }
+        }
+        if desired_bps > 0 {
+            let minimum = Bitrate::bps(current_bps + audio_bps);
+            let desired = Bitrate::bps(desired_bps + audio_bps).max(minimum);
+            peer.rtc.bwe().set_bitrate(minimum, desired);
+        }
+        for (track, layer) in keyframes_needed {
+            self.request_keyframe(track, layer, KeyframeRequestKind::Pli);
+        }
+    }
+}
+
+fn media_kind(kind: TrackKind) -> MediaKind {
+    match kind {
+        TrackKind::Audio => MediaKind::Audio,
+        TrackKind::Video => MediaKind::Video,
+    }
+}

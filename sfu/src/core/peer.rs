@@ -1,0 +1,125 @@
+//! One participant's media connection: its `Rtc`, what it publishes, what it receives.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use str0m::Rtc;
+use str0m::media::{MediaTime, Mid};
+use ting_protocol::{ParticipantId, RoomId, TrackId};
+
+use super::track::LayerKey;
+
+#[derive(Debug)]
+pub struct Peer {
+    pub id: ParticipantId,
+    pub room: RoomId,
+    pub rtc: Rtc,
+    pub connected: bool,
+    /// The publisher's m-lines and the tracks they carry.
+    pub published: HashMap<Mid, TrackId>,
+    /// The receiver's m-lines and what they show.
+    pub slots: HashMap<Mid, Slot>,
+    /// Latest egress bandwidth estimate towards this peer.
+    pub bandwidth_bps: u64,
+    /// When str0m next wants `Input::Timeout`.
+    pub timeout: Instant,
+    /// Queued for `poll_output` draining.
+    pub dirty: bool,
+    /// Cumulative NACK / keyframe-request counts last seen in str0m's stats, by
+    /// (mid, rid, ingress), so Prometheus counters get the increments.
+    pub stats_seen: HashMap<(Mid, LayerKey, bool), (u64, u64)>,
+}
+
+/// A receive m-line of a subscriber showing one remote track.
+#[derive(Debug)]
+pub struct Slot {
+    pub track: TrackId,
+    pub max_height: Option<u32>,
+    /// Layer being forwarded; `None` until a keyframe of `target` arrives.
+    pub current: Option<LayerKey>,
+    /// Layer the selector wants.
+    pub target: LayerKey,
+    pub timestamps: TimestampRewriter,
+}
+
+impl Slot {
+    pub fn new(track: TrackId, max_height: Option<u32>, timestamps: TimestampRewriter) -> Self {
+        Self {
+            track,
+            max_height,
+            current: None,
+            target: None,
+            timestamps,
+        }
+    }
+}
+
+/// Keeps outgoing RTP timestamps continuous when the source behind an m-line changes (another
+/// simulcast layer or another track): each source has its own random timestamp base.
+#[derive(Debug, Default)]
+pub struct TimestampRewriter {
+    offset: i64,
+    last: Option<(u64, Instant)>,
+    anchored: bool,
+}
+
+impl TimestampRewriter {
+    /// The next frame comes from a different source; re-anchor on it.
+    pub fn source_changed(&mut self) {
+        self.anchored = false;
+    }
+
+    pub fn rewrite(&mut self, time: MediaTime, arrived: Instant) -> MediaTime {
+        let rate = u64::from(time.denom());
+        let incoming = time.numer() as i64;
+        if !self.anchored {
+            let expected = match self.last {
+                // Continue from the last written timestamp, advanced by the wall-clock gap.
+                Some((ts, at)) => {
+                    let gap = arrived.saturating_duration_since(at);
+                    let ticks = (gap.as_micros() as u64 * rate / 1_000_000).max(1);
+                    (ts + ticks) as i64
+                }
+                None => incoming,
+            };
+            self.offset = expected - incoming;
+            self.anchored = true;
+        }
+        let out = (incoming + self.offset).max(0) as u64;
+        self.last = Some((out, arrived));
+        MediaTime::new(out, time.frequency())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use str0m::media::Frequency;
+
+    fn t90(v: u64) -> MediaTime {
+        MediaTime::new(v, Frequency::NINETY_KHZ)
+    }
+
+    #[test]
+    fn timestamps_stay_continuous_across_a_source_change() {
+        let mut ts = TimestampRewriter::default();
+        let t0 = Instant::now();
+        assert_eq!(ts.rewrite(t90(1000), t0).numer(), 1000);
+        assert_eq!(
+            ts.rewrite(t90(4000), t0 + Duration::from_millis(33))
+                .numer(),
+            4000
+        );
+        ts.source_changed();
+        // The new layer's clock is far away; 33 ms later we expect +2970 ticks.
+        let after = t0 + Duration::from_millis(66);
+        assert_eq!(ts.rewrite(t90(9_000_000), after).numer(), 4000 + 2970);
+        // And the following frame keeps the new source's spacing.
+        assert_eq!(
+            ts.rewrite(t90(9_003_000), after).numer(),
+            4000 + 2970 + 3000
+        );
+    }
+}

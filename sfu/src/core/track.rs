@@ -1,0 +1,199 @@
+//! A published track: who sends it, which simulcast layers arrive, who receives it.
+
+use std::time::{Duration, Instant};
+
+use str0m::media::{MediaKind, Mid, Rid};
+use ting_protocol::ParticipantId;
+
+use crate::layer::LayerOption;
+
+/// A simulcast layer is named by its RID; a track without simulcast has one layer, `None`.
+pub type LayerKey = Option<Rid>;
+
+/// A layer counts as available while packets arrived within this time.
+const LAYER_STALE_AFTER: Duration = Duration::from_millis(2000);
+/// Bitrates are measured over windows of this length.
+const BITRATE_WINDOW: Duration = Duration::from_millis(1000);
+
+#[derive(Debug)]
+pub struct LayerStat {
+    pub key: LayerKey,
+    pub bitrate_bps: u64,
+    pub height: Option<u32>,
+    last_seen: Instant,
+    window_bytes: u64,
+    window_start: Instant,
+}
+
+#[derive(Debug)]
+pub struct Track {
+    pub owner: ParticipantId,
+    /// The publisher's m-line.
+    pub mid: Mid,
+    pub kind: MediaKind,
+    pub muted: bool,
+    pub layers: Vec<LayerStat>,
+    /// Receivers: (participant, their m-line showing this track).
+    pub subscribers: Vec<(ParticipantId, Mid)>,
+    last_keyframe_request: Vec<(LayerKey, Instant)>,
+}
+
+impl Track {
+    pub fn new(owner: ParticipantId, mid: Mid, kind: MediaKind, muted: bool) -> Self {
+        Self {
+            owner,
+            mid,
+            kind,
+            muted,
+            layers: Vec::new(),
+            subscribers: Vec::new(),
+            last_keyframe_request: Vec::new(),
+        }
+    }
+
+    /// Accounts one received frame to its layer.
+    pub fn record_frame(&mut self, key: LayerKey, bytes: usize, height: Option<u32>, now: Instant) {
+        let layer = match self.layers.iter_mut().position(|l| l.key == key) {
+            Some(i) => &mut self.layers[i],
+            None => {
+                self.layers.push(LayerStat {
+                    key,
+                    bitrate_bps: 0,
+                    height: None,
+                    last_seen: now,
+                    window_bytes: 0,
+                    window_start: now,
+                });
+                let last = self.layers.len() - 1;
+                &mut self.layers[last]
+            }
+        };
+        layer.window_bytes += bytes as u64;
+        layer.last_seen = now;
+        if height.is_some() {
+            layer.height = height;
+        }
+        let elapsed = now.saturating_duration_since(layer.window_start);
+        if elapsed >= BITRATE_WINDOW {
+            layer.bitrate_bps = layer.window_bytes * 8 * 1000 / elapsed.as_millis().max(1) as u64;
+            layer.window_bytes = 0;
+            layer.window_start = now;
+        }
+    }
+
+    /// Layers that currently arrive, cheapest first, with the key each index stands for.
+    pub fn available_layers(&self, now: Instant) -> (Vec<LayerKey>, Vec<LayerOption>) {
+        let mut live: Vec<&LayerStat> = self
+            .layers
+            .iter()
+            .filter(|l| now.saturating_duration_since(l.last_seen) < LAYER_STALE_AFTER)
+            .collect();
+        // Before the first bitrate window closes all layers read 0; heights (or the RID order
+        // browsers use: q < h < f) then decide.
+        live.sort_by_key(|l| (l.bitrate_bps, l.height, rid_rank(&l.key)));
+        let keys = live.iter().map(|l| l.key).collect();
+        let options = live
+            .iter()
+            .enumerate()
+            .map(|(index, l)| LayerOption {
+                index,
+                bitrate_bps: l.bitrate_bps,
+                height: l.height,
+            })
+            .collect();
+        (keys, options)
+    }
+
+    /// Whether a keyframe request for `key` may go out now (at most one per `min_interval`),
+    /// recording it if so.
+    pub fn allow_keyframe_request(
+        &mut self,
+        key: LayerKey,
+        now: Instant,
+        min_interval: Duration,
+    ) -> bool {
+        match self
+            .last_keyframe_request
+            .iter_mut()
+            .find(|(k, _)| *k == key)
+        {
+            Some((_, at)) if now.saturating_duration_since(*at) < min_interval => false,
+            Some((_, at)) => {
+                *at = now;
+                true
+            }
+            None => {
+                self.last_keyframe_request.push((key, now));
+                true
+            }
+        }
+    }
+}
+
+/// Browsers' conventional simulcast RIDs, smallest first; unknown names sort last.
+fn rid_rank(key: &LayerKey) -> u8 {
+    match key.as_ref().map(|r| &**r) {
+        Some("q") | Some("l") => 0,
+        Some("h") | Some("m") => 1,
+        Some("f") => 2,
+        _ => 3,
+    }
+}
+
+/// Frame height from a VP8 keyframe (RFC 6386 §9.1): 3-byte frame tag, start code
+/// 9d 01 2a, then 14-bit width and height.
+pub fn vp8_keyframe_height(frame: &[u8]) -> Option<u32> {
+    if frame.len() < 10 || frame[0] & 1 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    Some(u32::from(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vp8_keyframe_dimensions_are_read() {
+        // Keyframe tag, start code, width 640, height 360.
+        let frame = [
+            0x50, 0x2a, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01, 0, 0,
+        ];
+        assert_eq!(vp8_keyframe_height(&frame), Some(360));
+        let mut delta = frame;
+        delta[0] |= 1;
+        assert_eq!(vp8_keyframe_height(&delta), None);
+        assert_eq!(vp8_keyframe_height(&frame[..5]), None);
+    }
+
+    #[test]
+    fn keyframe_requests_are_rate_limited_per_layer() {
+        let mut t = Track::new(ParticipantId(1), Mid::from("0"), MediaKind::Video, false);
+        let now = Instant::now();
+        let gap = Duration::from_millis(500);
+        let f = Some(Rid::from("f"));
+        assert!(t.allow_keyframe_request(f, now, gap));
+        assert!(!t.allow_keyframe_request(f, now + Duration::from_millis(100), gap));
+        assert!(
+            t.allow_keyframe_request(None, now, gap),
+            "other layers are independent"
+        );
+        assert!(t.allow_keyframe_request(f, now + gap, gap));
+    }
+
+    #[test]
+    fn layers_are_ordered_by_bitrate_and_go_stale() {
+        let mut t = Track::new(ParticipantId(1), Mid::from("0"), MediaKind::Video, false);
+        let t0 = Instant::now();
+        for i in 0..=50u64 {
+            let now = t0 + Duration::from_millis(i * 20);
+            t.record_frame(Some(Rid::from("f")), 4000, None, now);
+            t.record_frame(Some(Rid::from("q")), 400, None, now);
+        }
+        let (keys, opts) = t.available_layers(t0 + Duration::from_millis(1000));
+        assert_eq!(keys, vec![Some(Rid::from("q")), Some(Rid::from("f"))]);
+        assert!(opts[0].bitrate_bps < opts[1].bitrate_bps);
+        let (keys, _) = t.available_layers(t0 + Duration::from_secs(10));
+        assert!(keys.is_empty());
+    }
+}

@@ -1,0 +1,87 @@
+//! Prometheus metrics of the media plane. Counters are atomics, so the sans-IO core may bump
+//! them without doing IO.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct SfuMetrics {
+    pub peers: IntGauge,
+    pub tracks: IntGauge,
+    /// UDP datagrams and bytes, by direction (`in` / `out`).
+    pub datagrams: IntCounterVec,
+    pub bytes: IntCounterVec,
+    /// Datagrams no participant claims (unknown ufrag or address) or that do not parse.
+    pub unroutable: IntCounter,
+    /// Media frames forwarded to subscribers (one per subscriber).
+    pub frames_forwarded: IntCounter,
+    /// NACKs and PLIs/FIRs, by direction: `in` = received from subscribers, `out` = sent to
+    /// publishers.
+    pub nacks: IntCounterVec,
+    pub keyframe_requests: IntCounterVec,
+    /// Loss fraction per stream and stats interval, by direction (`in`: publisher → node,
+    /// `out`: node → subscriber, as reported back by the subscriber).
+    pub loss_ratio: HistogramVec,
+    pub layer_switches: IntCounter,
+    /// Time spent per iteration of a shard's loop, in seconds.
+    pub loop_seconds: Histogram,
+}
+
+impl SfuMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let by_direction =
+            |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["direction"]);
+        let metrics = Self {
+            peers: IntGauge::new("ting_sfu_peers", "Peer connections on this node")?,
+            tracks: IntGauge::new("ting_sfu_tracks", "Published tracks on this node")?,
+            datagrams: by_direction("ting_sfu_datagrams_total", "UDP datagrams")?,
+            bytes: by_direction("ting_sfu_bytes_total", "UDP payload bytes")?,
+            unroutable: IntCounter::new(
+                "ting_sfu_unroutable_datagrams_total",
+                "Datagrams dropped: unknown sender or unparseable",
+            )?,
+            frames_forwarded: IntCounter::new(
+                "ting_sfu_frames_forwarded_total",
+                "Media frames written to subscribers",
+            )?,
+            nacks: by_direction("ting_sfu_nacks_total", "RTCP NACKs")?,
+            keyframe_requests: by_direction(
+                "ting_sfu_keyframe_requests_total",
+                "RTCP PLI/FIR keyframe requests",
+            )?,
+            loss_ratio: HistogramVec::new(
+                HistogramOpts::new("ting_sfu_loss_ratio", "Packet loss fraction per stream")
+                    .buckets(vec![0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
+                &["direction"],
+            )?,
+            layer_switches: IntCounter::new(
+                "ting_sfu_layer_switches_total",
+                "Simulcast layer switches for subscribers",
+            )?,
+            loop_seconds: Histogram::with_opts(
+                HistogramOpts::new("ting_sfu_loop_seconds", "Time per shard loop iteration")
+                    .buckets(vec![1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]),
+            )?,
+        };
+        registry.register(Box::new(metrics.peers.clone()))?;
+        registry.register(Box::new(metrics.tracks.clone()))?;
+        registry.register(Box::new(metrics.datagrams.clone()))?;
+        registry.register(Box::new(metrics.bytes.clone()))?;
+        registry.register(Box::new(metrics.unroutable.clone()))?;
+        registry.register(Box::new(metrics.frames_forwarded.clone()))?;
+        registry.register(Box::new(metrics.nacks.clone()))?;
+        registry.register(Box::new(metrics.keyframe_requests.clone()))?;
+        registry.register(Box::new(metrics.loss_ratio.clone()))?;
+        registry.register(Box::new(metrics.layer_switches.clone()))?;
+        registry.register(Box::new(metrics.loop_seconds.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Metrics registered nowhere, for tests and tools.
+    pub fn unregistered() -> Self {
+        // Registering into a throwaway registry cannot fail: the names are fixed and unique.
+        #[allow(clippy::expect_used)]
+        Self::new(&Registry::new()).expect("metric definitions are valid")
+    }
+}

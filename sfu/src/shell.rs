@@ -1,0 +1,336 @@
+//! The IO shell of a shard: one OS thread with a single-threaded tokio runtime that owns the
+//! shard's UDP sockets and its [`Sfu`] core, and takes commands from the signalling service.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::task::Poll;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use str0m::net::Protocol;
+use ting_protocol::{ParticipantId, RoomId, TrackId};
+use tokio::io::ReadBuf;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::core::{
+    OfferAnswer, PublishRequest, Sfu, SfuConfig, SfuError, SfuEvent, SfuOutput, SubscribeRequest,
+};
+use crate::metrics::SfuMetrics;
+
+/// Datagrams read per socket readiness before the core is drained again.
+const MAX_READS_PER_WAKE: usize = 64;
+
+enum Command {
+    AddPeer {
+        room: RoomId,
+        participant: ParticipantId,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Offer {
+        participant: ParticipantId,
+        sdp: String,
+        publish: Vec<PublishRequest>,
+        reply: oneshot::Sender<Result<OfferAnswer, SfuError>>,
+    },
+    Subscribe {
+        participant: ParticipantId,
+        subscriptions: Vec<SubscribeRequest>,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    SetMuted {
+        track: TrackId,
+        muted: bool,
+    },
+    Candidate {
+        participant: ParticipantId,
+        candidate: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    RemovePeer {
+        participant: ParticipantId,
+    },
+}
+
+/// Why a command could not be carried out by the shard.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ShardError {
+    #[error(transparent)]
+    Sfu(#[from] SfuError),
+    #[error("the media shard has stopped")]
+    Stopped,
+}
+
+/// Cheap, cloneable access to a running shard from async code.
+#[derive(Clone)]
+pub struct SfuHandle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl SfuHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, SfuError>>) -> Command,
+    ) -> Result<T, ShardError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .map_err(|_| ShardError::Stopped)?;
+        Ok(answer.await.map_err(|_| ShardError::Stopped)??)
+    }
+
+    pub async fn add_peer(
+        &self,
+        room: RoomId,
+        participant: ParticipantId,
+    ) -> Result<(), ShardError> {
+        self.call(|reply| Command::AddPeer {
+            room,
+            participant,
+            reply,
+        })
+        .await
+    }
+
+    /// Returns the SDP answer.
+    pub async fn offer(
+        &self,
+        participant: ParticipantId,
+        sdp: String,
+        publish: Vec<PublishRequest>,
+    ) -> Result<OfferAnswer, ShardError> {
+        self.call(|reply| Command::Offer {
+            participant,
+            sdp,
+            publish,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn subscribe(
+        &self,
+        participant: ParticipantId,
+        subscriptions: Vec<SubscribeRequest>,
+    ) -> Result<(), ShardError> {
+        self.call(|reply| Command::Subscribe {
+            participant,
+            subscriptions,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn add_candidate(
+        &self,
+        participant: ParticipantId,
+        candidate: String,
+    ) -> Result<(), ShardError> {
+        self.call(|reply| Command::Candidate {
+            participant,
+            candidate,
+            reply,
+        })
+        .await
+    }
+
+    pub fn set_muted(&self, track: TrackId, muted: bool) {
+        // A stopped shard has no tracks left to mute.
+        let _ = self.commands.send(Command::SetMuted { track, muted });
+    }
+
+    pub fn remove_peer(&self, participant: ParticipantId) {
+        let _ = self.commands.send(Command::RemovePeer { participant });
+    }
+}
+
+/// A running shard: its handle, its events, and its thread (which ends when every handle is
+/// dropped).
+pub struct Shard {
+    pub handle: SfuHandle,
+    pub events: mpsc::UnboundedReceiver<SfuEvent>,
+    pub thread: JoinHandle<()>,
+}
+
+/// Starts a shard on already-bound sockets (one per local address, all on the media port).
+pub fn spawn_shard(
+    sockets: Vec<StdUdpSocket>,
+    config: SfuConfig,
+    metrics: SfuMetrics,
+    index: usize,
+) -> io::Result<Shard> {
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::unbounded_channel();
+    for socket in &sockets {
+        socket.set_nonblocking(true)?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let thread = std::thread::Builder::new()
+        .name(format!("ting-shard-{index}"))
+        .spawn(move || {
+            let span = info_span!("shard", index);
+            runtime.block_on(
+                async move {
+                    let sockets = match sockets
+                        .into_iter()
+                        .map(UdpSocket::from_std)
+                        .collect::<io::Result<Vec<_>>>()
+                    {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!("media sockets unusable: {e}");
+                            return;
+                        }
+                    };
+                    run(sockets, config, metrics, commands, events_tx).await;
+                }
+                .instrument(span),
+            );
+        })?;
+    Ok(Shard {
+        handle: SfuHandle {
+            commands: commands_tx,
+        },
+        events,
+        thread,
+    })
+}
+
+async fn run(
+    sockets: Vec<UdpSocket>,
+    config: SfuConfig,
+    metrics: SfuMetrics,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<SfuEvent>,
+) {
+    let locals: Vec<SocketAddr> = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
+    let loop_seconds = metrics.loop_seconds.clone();
+    let mut sfu = Sfu::new(config, metrics, Instant::now());
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let started = Instant::now();
+        let timeout = drain(&mut sfu, &sockets, &locals, &events);
+        loop_seconds.observe(started.elapsed().as_secs_f64());
+        let wake_at = tokio::time::Instant::from_std(timeout.max(Instant::now()));
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(command) => apply(&mut sfu, command),
+                None => break,
+            },
+            received = recv_any(&sockets, &mut buf) => {
+                let (index, first) = received;
+                let mut next = Some(first);
+                let mut reads = 0;
+                while let Some(result) = next.take() {
+                    match result {
+                        Ok((len, source)) => sfu.handle_receive(
+                            Instant::now(), Protocol::Udp, source, locals[index], &buf[..len],
+                        ),
+                        // ICMP errors surface here on Linux; one bad peer must not stop the shard.
+                        Err(e) => debug!("udp receive: {e}"),
+                    }
+                    reads += 1;
+                    if reads < MAX_READS_PER_WAKE {
+                        match sockets[index].try_recv_from(&mut buf) {
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            other => next = Some(other),
+                        }
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(wake_at) => {},
+        }
+        let now = Instant::now();
+        if now >= timeout {
+            sfu.handle_timeout(now);
+        }
+    }
+    debug!("shard stopped");
+}
+
+/// Waits until any socket has a datagram; returns the socket's index and the read result.
+async fn recv_any(
+    sockets: &[UdpSocket],
+    buf: &mut [u8],
+) -> (usize, io::Result<(usize, SocketAddr)>) {
+    poll_fn(|cx| {
+        for (index, socket) in sockets.iter().enumerate() {
+            let mut read = ReadBuf::new(buf);
+            if let Poll::Ready(result) = socket.poll_recv_from(cx, &mut read) {
+                return Poll::Ready((index, result.map(|source| (read.filled().len(), source))));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn drain(
+    sfu: &mut Sfu,
+    sockets: &[UdpSocket],
+    locals: &[SocketAddr],
+    events: &mpsc::UnboundedSender<SfuEvent>,
+) -> Instant {
+    loop {
+        match sfu.poll_output() {
+            SfuOutput::Transmit(t) => {
+                let index = locals.iter().position(|l| *l == t.source).unwrap_or(0);
+                if let Some(socket) = sockets.get(index)
+                    && let Err(e) = socket.try_send_to(&t.contents, t.destination)
+                {
+                    // A full send buffer drops the datagram, as the network would.
+                    debug!("udp send: {e}");
+                }
+            }
+            SfuOutput::Event(event) => {
+                let _ = events.send(event);
+            }
+            SfuOutput::Timeout(at) => return at,
+        }
+    }
+}
+
+fn apply(sfu: &mut Sfu, command: Command) {
+    let now = Instant::now();
+    match command {
+        Command::AddPeer {
+            room,
+            participant,
+            reply,
+        } => {
+            let _ = reply.send(sfu.add_peer(now, room, participant));
+        }
+        Command::Offer {
+            participant,
+            sdp,
+            publish,
+            reply,
+        } => {
+            let _ = reply.send(sfu.accept_offer(now, participant, &sdp, &publish));
+        }
+        Command::Subscribe {
+            participant,
+            subscriptions,
+            reply,
+        } => {
+            let _ = reply.send(sfu.set_subscriptions(now, participant, &subscriptions));
+        }
+        Command::SetMuted { track, muted } => {
+            if let Err(e) = sfu.set_muted(now, track, muted) {
+                debug!("mute: {e}");
+            }
+        }
+        Command::Candidate {
+            participant,
+            candidate,
+            reply,
+        } => {
+            let _ = reply.send(sfu.add_remote_candidate(participant, &candidate));
+        }
+        Command::RemovePeer { participant } => sfu.remove_peer(participant),
+    }
+}

@@ -1,0 +1,280 @@
+//! SFU core scenarios in virtual time with several str0m peers in one process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Net, count_keyframe_requests};
+use ting_sfu::SfuEvent;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Three peers, each publishing and subscribed to the other two.
+fn three_way() -> Net {
+    let mut net = Net::new();
+    for _ in 0..3 {
+        net.add_peer(true, 2);
+    }
+    net.subscribe_to(0, &[1, 2], None);
+    net.subscribe_to(1, &[0, 2], None);
+    net.subscribe_to(2, &[0, 1], None);
+    net
+}
+
+#[test]
+fn three_peers_receive_each_others_audio_and_video() {
+    let mut net = three_way();
+    net.run_for(secs(3));
+    assert!(net.peers.iter().all(|p| p.connected), "all peers connected");
+    let since = net.now;
+    net.run_for(secs(3));
+    for who in 0..3 {
+        let others: Vec<u64> = (0..3).filter(|o| *o != who).map(|o| o as u64 + 1).collect();
+        for (slot, expected_from) in others.iter().enumerate() {
+            let audio = net.frames(who, net.peers[who].recv_audio[slot], since);
+            let video = net.frames(who, net.peers[who].recv_video[slot], since);
+            // 3 s of 50 audio frames/s and 30 video frames/s, allowing for start-up.
+            assert!(
+                audio.len() > 120,
+                "peer {who} audio from {expected_from}: {}",
+                audio.len()
+            );
+            assert!(
+                video.len() > 70,
+                "peer {who} video from {expected_from}: {}",
+                video.len()
+            );
+            assert!(
+                audio
+                    .iter()
+                    .all(|f| f.from == *expected_from && f.layer == b'a')
+            );
+            assert!(video.iter().all(|f| f.from == *expected_from));
+        }
+    }
+    assert!(
+        net.events
+            .iter()
+            .filter(|e| matches!(e, SfuEvent::Connected { .. }))
+            .count()
+            == 3,
+        "the core reports each connection"
+    );
+}
+
+#[test]
+fn a_new_subscriber_starts_with_a_keyframe() {
+    let mut net = Net::new();
+    let publisher = net.add_peer(true, 0);
+    let viewer = net.add_peer(false, 1);
+    net.run_for(secs(3));
+    let requests_before = count_keyframe_requests(&net.peers[publisher], net.now);
+    let since = net.now;
+    net.subscribe_to(viewer, &[publisher], None);
+    net.run_for(secs(2));
+    let video = net.frames(viewer, net.peers[viewer].recv_video[0], since);
+    assert!(video.len() > 30, "video flows: {}", video.len());
+    assert!(video[0].keyframe, "the first forwarded frame is a keyframe");
+    assert!(
+        count_keyframe_requests(&net.peers[publisher], since) > requests_before,
+        "the SFU asked the publisher for a keyframe instead of waiting for the periodic one"
+    );
+}
+
+#[test]
+fn keyframe_requests_from_receivers_are_forwarded_but_rate_limited() {
+    let mut net = three_way();
+    net.run_for(secs(4));
+    let since = net.now;
+    // Receivers 1 and 2 both ask for keyframes of peer 0's video 20 times within one second.
+    for _ in 0..20 {
+        for who in [1, 2] {
+            let mid = net.peers[who].recv_video[0];
+            let mut writer = net.peers[who].rtc.writer(mid).unwrap();
+            writer.request_keyframe(None, harness::PLI).unwrap();
+        }
+        net.run_for(Duration::from_millis(50));
+    }
+    let forwarded = count_keyframe_requests(&net.peers[0], since);
+    assert!(forwarded >= 1, "requests reach the publisher");
+    assert!(
+        forwarded <= 4,
+        "40 requests in 1 s are limited to a few: {forwarded}"
+    );
+}
+
+#[test]
+fn a_muted_track_is_not_forwarded_until_unmuted() {
+    let mut net = three_way();
+    net.run_for(secs(3));
+    let (audio, video) = (net.peers[0].audio_track, net.peers[0].video_track);
+    let now = net.now;
+    net.sfu.set_muted(now, audio, true).unwrap();
+    net.sfu.set_muted(now, video, true).unwrap();
+    net.run_for(Duration::from_millis(200)); // frames in flight drain
+    let since = net.now;
+    net.run_for(secs(2));
+    let mid_audio = net.peers[1].recv_audio[0];
+    let mid_video = net.peers[1].recv_video[0];
+    assert_eq!(
+        net.frames(1, mid_audio, since).len(),
+        0,
+        "muted audio is not forwarded"
+    );
+    assert_eq!(
+        net.frames(1, mid_video, since).len(),
+        0,
+        "muted video is not forwarded"
+    );
+    // Peer 2's media still reaches peer 1.
+    assert!(net.frames(1, net.peers[1].recv_audio[1], since).len() > 80);
+
+    let now = net.now;
+    net.sfu.set_muted(now, audio, false).unwrap();
+    net.sfu.set_muted(now, video, false).unwrap();
+    let since = net.now;
+    net.run_for(secs(2));
+    let video = net.frames(1, mid_video, since);
+    assert!(net.frames(1, mid_audio, since).len() > 80, "audio resumes");
+    assert!(video.len() > 30, "video resumes");
+    assert!(video[0].keyframe, "video resumes on a keyframe");
+}
+
+#[test]
+fn a_receivers_layer_drops_with_its_bandwidth_and_recovers() {
+    let mut net = Net::new();
+    let publisher = net.add_peer(true, 0);
+    let viewer = net.add_peer(false, 1);
+    net.subscribe_to(viewer, &[publisher], None);
+    let mid = net.peers[viewer].recv_video[0];
+    let reached_full = net.run_until(secs(30), |n| n.last_layer(viewer, mid) == Some(b'f'));
+    assert!(
+        reached_full,
+        "with ample bandwidth the top layer is sent: {:?}",
+        net.last_layer(viewer, mid)
+    );
+
+    // The viewer's downlink shrinks to 400 kbit/s: only the lowest layer (150 kbit/s) fits.
+    net.set_downlink(viewer, Some(400_000));
+    let dropped = net.run_until(secs(30), |n| n.last_layer(viewer, mid) == Some(b'q'));
+    assert!(
+        dropped,
+        "layer drops to q: {:?}",
+        net.last_layer(viewer, mid)
+    );
+    // Frames of the old layer still queued or being retransmitted may complete late.
+    net.run_for(secs(1));
+    let since = net.now;
+    net.run_for(secs(5));
+    let frames = net.frames(viewer, mid, since);
+    assert!(
+        frames.len() > 100,
+        "video keeps flowing at the low layer: {}",
+        frames.len()
+    );
+    let layers: String = frames.iter().map(|f| f.layer as char).collect();
+    assert!(
+        frames.iter().all(|f| f.layer == b'q'),
+        "and stays there while the link is narrow: {layers}"
+    );
+
+    net.set_downlink(viewer, None);
+    let recovered = net.run_until(secs(60), |n| n.last_layer(viewer, mid) == Some(b'f'));
+    assert!(
+        recovered,
+        "layer recovers: {:?}",
+        net.last_layer(viewer, mid)
+    );
+}
+
+#[test]
+fn a_small_tile_gets_a_small_layer() {
+    let mut net = Net::new();
+    let publisher = net.add_peer(true, 0);
+    let viewer = net.add_peer(false, 1);
+    net.subscribe_to(viewer, &[publisher], Some(90));
+    net.run_for(secs(5));
+    let since = net.now;
+    net.run_for(secs(2));
+    let frames = net.frames(viewer, net.peers[viewer].recv_video[0], since);
+    assert!(frames.len() > 40);
+    assert!(
+        frames.iter().all(|f| f.layer == b'q'),
+        "a 90 px tile gets the 90 px layer"
+    );
+}
+
+#[test]
+fn the_loudest_participant_becomes_active_speaker() {
+    let mut net = three_way();
+    for p in &mut net.peers {
+        p.audio_level = -127;
+    }
+    net.peers[2].audio_level = -15;
+    net.run_for(secs(4));
+    let speaker = net.events.iter().rev().find_map(|e| match e {
+        SfuEvent::ActiveSpeaker { participant, .. } => Some(*participant),
+        _ => None,
+    });
+    assert_eq!(speaker, Some(Some(net.peers[2].id)));
+}
+
+#[test]
+fn garbage_datagrams_do_not_disturb_the_room() {
+    let mut net = three_way();
+    net.run_for(secs(3));
+    let since = net.now;
+    let junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 1],
+        vec![0x80; 12],
+        vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42],
+        (0..1400u32).map(|i| (i * 7919 % 251) as u8).collect(),
+    ];
+    let sfu_addr = harness::sfu_addr();
+    for round in 0..50 {
+        for bytes in &junk {
+            // From strangers and from a real participant's address.
+            let stranger = format!("10.9.9.9:{}", 1000 + round).parse().unwrap();
+            let now = net.now;
+            net.sfu
+                .handle_receive(now, str0m::net::Protocol::Udp, stranger, sfu_addr, bytes);
+            let known = net.peers[1].addr;
+            net.sfu
+                .handle_receive(now, str0m::net::Protocol::Udp, known, sfu_addr, bytes);
+        }
+        net.run_for(Duration::from_millis(40));
+    }
+    for who in 0..3 {
+        for slot in 0..2 {
+            let audio = net.frames(who, net.peers[who].recv_audio[slot], since);
+            assert!(
+                audio.len() > 80,
+                "peer {who} still receives audio: {}",
+                audio.len()
+            );
+        }
+    }
+    assert_eq!(net.sfu.peer_count(), 3);
+}
+
+#[test]
+fn a_departed_publisher_stops_being_forwarded() {
+    let mut net = three_way();
+    net.run_for(secs(3));
+    let gone = net.peers[0].id;
+    net.sfu.remove_peer(gone);
+    net.run_for(Duration::from_millis(200));
+    let since = net.now;
+    net.run_for(secs(1));
+    assert!(net.frames(1, net.peers[1].recv_video[0], since).is_empty());
+    assert!(
+        net.frames(1, net.peers[1].recv_video[1], since).len() > 20,
+        "the others continue"
+    );
+    assert_eq!(net.sfu.peer_count(), 2);
+}

@@ -1,0 +1,179 @@
+// End-to-end acceptance tests of the browser client against a real Ting server:
+// three headless Chromium participants meet in one room.
+//
+//   TING_BIN=target/debug/ting npm run test:e2e
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import {
+  eventually,
+  growingStreams,
+  joinViaLanding,
+  openBrowser,
+  startServer,
+  within,
+} from './harness.mjs';
+
+const TING_BIN = process.env.TING_BIN;
+const ROOM = 'e2e-room';
+/** Everything here must finish well inside the two minutes the file is allowed. */
+const FILE_BUDGET_MS = 115_000;
+
+let server = null;
+/** @type {Awaited<ReturnType<typeof openBrowser>>[]} */
+const people = [];
+const ids = new Map();
+
+const tileOf = (page, participantId, source = 'camera') =>
+  page.locator(`.tile[data-participant-id="${participantId}"][data-source="${source}"]`);
+
+before(async () => {
+  assert.ok(
+    TING_BIN,
+    'TING_BIN is not set: point it at the ting server binary (e.g. TING_BIN=target/debug/ting npm run test:e2e)',
+  );
+  server = await startServer(TING_BIN);
+}, { timeout: 35_000 });
+
+after(async () => {
+  await Promise.all(people.map((p) => p.close()));
+  if (process.exitCode && people.length > 0) {
+    // Browser console output is the first thing anybody needs when a scenario failed.
+    console.log(people.flatMap((p) => p.logs).slice(-80).join('\n'));
+  }
+  if (server) {
+    const status = await server.stop();
+    assert.ok(
+      status.code === 0 || status.signal === 'SIGTERM',
+      `server did not exit cleanly on SIGTERM: ${JSON.stringify(status)}\n${server.output().slice(-2000)}`,
+    );
+  }
+}, { timeout: 30_000 });
+
+test('the landing page explains a bad room name and a refused quick-join', { timeout: 30_000 }, async () => {
+  const b = await openBrowser('Landing');
+  try {
+    const { page } = b;
+    const config = await page.request.get(`${server.base}/api/config`);
+    assert.equal(config.status(), 200);
+    assert.equal((await config.json()).version, 1);
+
+    await page.goto(`${server.base}/`);
+    await page.fill('#name', 'Dana');
+    await page.fill('#room', 'not a room!');
+    await page.click('#join');
+    await page.locator('#landing-error').waitFor({ state: 'visible', timeout: 2000 });
+    assert.match(await page.textContent('#landing-error'), /room name is not valid/i);
+    assert.equal(await page.locator('#device-check').count(), 0, 'an invalid room must not get past the landing page');
+
+    // The server itself refuses a bad room name with 400 bad_message.
+    const bad = await page.request.post(`${server.base}/api/quick-join`, { data: { room: 'a/b', name: 'Dana' } });
+    assert.equal(bad.status(), 400);
+    assert.equal((await bad.json()).code, 'bad_message');
+
+    // A refused quick-join (quick start disabled) shows the server's message.
+    await page.route('**/api/quick-join', (route) =>
+      route.fulfill({ status: 403, json: { code: 'not_allowed', message: 'Quick start is disabled on this server.' } }),
+    );
+    await page.fill('#room', 'fine-room');
+    await page.click('#join');
+    await page.waitForFunction(() => /Quick start is disabled/.test(document.querySelector('#landing-error')?.textContent ?? ''), null, { timeout: 2000 });
+    assert.ok(await page.isVisible('#landing-error'));
+    assert.ok(await page.isEnabled('#join'), 'the Join button must be usable again after a failure');
+
+    // A broken invite link ends in a clear message, not a spinner.
+    await page.unroute('**/api/quick-join');
+    await page.goto(`${server.base}/?room=${ROOM}&token=not-a-jwt`);
+    await page.click('#device-check #join:not([disabled])');
+    await page.waitForSelector('#card-title', { timeout: 5000 });
+    assert.match(await page.textContent('#card-title'), /could not join/i);
+  } finally {
+    await b.close();
+  }
+});
+
+test('three participants see and hear each other', { timeout: 45_000 }, async () => {
+  people.push(...(await Promise.all(['Alice', 'Bob', 'Carol'].map((n) => openBrowser(n)))));
+  // Join one after the other: the later ones find earlier tracks in `joined`, the earlier ones
+  // learn about later tracks from `track_published` — both paths get exercised.
+  for (const p of people) ids.set(p.name, await within(20_000, `${p.name} joins`, joinViaLanding(p, server.base, ROOM)));
+  assert.equal(new Set(ids.values()).size, 3, 'participant ids must be distinct');
+
+  await Promise.all(
+    people.map((p) =>
+      eventually(15_000, `${p.name} receives audio and video from both others`, async () => {
+        const others = people.filter((o) => o !== p).map((o) => ids.get(o.name));
+        const growing = await growingStreams(p.page, 2000);
+        const from = (kind) => new Set(growing.filter((s) => s.kind === kind).map((s) => s.participantId));
+        const video = growing.filter((s) => s.kind === 'video').length;
+        const audio = growing.filter((s) => s.kind === 'audio').length;
+        const ok = video >= 2 && audio >= 2 && others.every((id) => from('video').has(id) && from('audio').has(id));
+        return ok || `growing ${JSON.stringify(growing)}; want video+audio from ${others}`;
+      }),
+    ),
+  );
+  for (const p of people) {
+    for (const o of people.filter((x) => x !== p)) {
+      assert.ok(await tileOf(p.page, ids.get(o.name)).isVisible(), `${p.name} shows a tile for ${o.name}`);
+    }
+  }
+});
+
+test('a muted microphone shows on the other tiles within 2 s', { timeout: 20_000 }, async () => {
+  const [alice, bob, carol] = people;
+  const aliceId = ids.get('Alice');
+  for (const p of [bob, carol]) {
+    assert.equal(await tileOf(p.page, aliceId).locator('.mic-muted').isVisible(), false, 'not muted before');
+  }
+  await alice.page.click('#mute-mic');
+  assert.equal(await alice.page.getAttribute('#mute-mic', 'aria-pressed'), 'true');
+  const started = Date.now();
+  await Promise.all(
+    [bob, carol].map((p) => tileOf(p.page, aliceId).locator('.mic-muted').waitFor({ state: 'visible', timeout: 2000 })),
+  );
+  assert.ok(Date.now() - started <= 2000);
+  // Unmuting clears it again.
+  await alice.page.click('#mute-mic');
+  await Promise.all(
+    [bob, carol].map((p) => tileOf(p.page, aliceId).locator('.mic-muted').waitFor({ state: 'hidden', timeout: 2000 })),
+  );
+});
+
+test('a screen share reaches the others as an extra video', { timeout: 30_000 }, async () => {
+  const [alice, bob, carol] = people;
+  const carolId = ids.get('Carol');
+  await carol.page.click('#share-screen');
+  await carol.page.waitForFunction(() => document.querySelector('#share-screen')?.getAttribute('aria-pressed') === 'true', null, { timeout: 5000 });
+  await Promise.all(
+    [alice, bob].map(async (p) => {
+      await tileOf(p.page, carolId, 'screen').waitFor({ state: 'visible', timeout: 10_000 });
+      await eventually(15_000, `${p.name} decodes Carol's screen`, async () => {
+        const growing = await growingStreams(p.page, 1500);
+        const video = growing.filter((s) => s.kind === 'video');
+        const screen = video.some((s) => s.participantId === carolId && s.source === 'screen');
+        return (screen && video.length >= 3) || `growing video ${JSON.stringify(video)}`;
+      });
+    }),
+  );
+});
+
+test('a participant who leaves disappears from the others within 2 s', { timeout: 20_000 }, async () => {
+  const [alice, bob, carol] = people;
+  const bobId = ids.get('Bob');
+  for (const p of [alice, carol]) assert.equal(await tileOf(p.page, bobId).count(), 1);
+  await bob.page.click('#leave');
+  await Promise.all(
+    [alice, carol].map((p) =>
+      p.page.waitForFunction((id) => !document.querySelector(`.tile[data-participant-id="${id}"]`), bobId, { timeout: 2000 }),
+    ),
+  );
+  await bob.page.waitForSelector('#card-title', { timeout: 3000 });
+  assert.match(await bob.page.textContent('#card-title'), /left/i);
+});
+
+// A last guard against a hang anywhere (a stuck server, a browser that never closes).
+setTimeout(() => {
+  console.error(`e2e: exceeded ${FILE_BUDGET_MS} ms, aborting`);
+  server?.kill();
+  process.exit(1);
+}, FILE_BUDGET_MS).unref();

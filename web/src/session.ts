@@ -1,0 +1,510 @@
+// One meeting session on one RTCPeerConnection: publishing own tracks, receiving remote ones,
+// mute and screen share. The client always offers and the server only answers, so offers are
+// serialized here: one in flight at a time, and one more afterwards if anything changed meanwhile.
+
+import {
+  mayPublish,
+  type ClientMessage,
+  type ErrorCode,
+  type JoinedMessage,
+  type ParticipantId,
+  type ParticipantInfo,
+  type PublishedTrack,
+  type ServerMessage,
+  type Subscription,
+  type TrackId,
+  type TrackInfo,
+  type TrackKind,
+  type TrackSource,
+} from './protocol.js';
+
+/** What the session needs from the signalling layer. */
+export interface SignalSender {
+  readonly connected: boolean;
+  send(msg: ClientMessage): boolean;
+}
+
+export interface LocalMedia {
+  microphone: MediaStreamTrack | null;
+  camera: MediaStreamTrack | null;
+  micMuted: boolean;
+  cameraMuted: boolean;
+}
+
+export type MediaStatus = 'new' | 'connecting' | 'connected' | 'disconnected' | 'failed' | 'closed';
+
+export interface SessionListener {
+  /** Something visible changed (participants, tracks, mute, speaker, local media). */
+  changed(): void;
+  /** A problem the user should know about; `key` groups messages that replace each other. */
+  problem(key: string, message: string | null, level?: 'info' | 'warning' | 'error'): void;
+}
+
+/** Camera simulcast layers; the server picks one per subscriber from `max_height`. */
+const CAMERA_ENCODINGS: RTCRtpEncodingParameters[] = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', maxBitrate: 1_500_000 },
+];
+const ANSWER_TIMEOUT_MS = 15_000;
+const RETRY_OFFER_MS = 3_000;
+/** Server errors that mean "your last offer was refused". */
+const OFFER_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['invalid_sdp', 'not_allowed']);
+
+interface SendSlot {
+  source: TrackSource;
+  transceiver: RTCRtpTransceiver;
+  track: MediaStreamTrack | null;
+  muted: boolean;
+  /** The server's id for this m-line, from the answer. */
+  trackId: TrackId | null;
+}
+
+interface RecvSlot {
+  kind: TrackKind;
+  transceiver: RTCRtpTransceiver;
+  /** The remote track shown on this m-line, or null when the slot is free for reuse. */
+  trackId: TrackId | null;
+}
+
+class OfferFailed extends Error {
+  constructor(
+    message: string,
+    readonly retry: boolean,
+    readonly retryLater = false,
+  ) {
+    super(message);
+  }
+}
+
+export class Session {
+  readonly pc: RTCPeerConnection;
+  self: ParticipantInfo;
+  readonly room: string;
+  readonly participants = new Map<ParticipantId, ParticipantInfo>();
+  activeSpeaker: ParticipantId | null;
+  readonly canPublish: boolean;
+  mediaStatus: MediaStatus = 'new';
+  /** Height in pixels of the tile showing a remote video track, from the meeting view. */
+  tileHeight: (trackId: TrackId) => number | undefined = () => undefined;
+
+  private readonly sendSlots: SendSlot[] = [];
+  private readonly recvSlots: RecvSlot[] = [];
+  private readonly localStream = new MediaStream();
+  private negotiating = false;
+  private wantNegotiation = false;
+  private iceRestart = false;
+  private pendingAnswer: {
+    resolve: (a: { sdp: string; tracks: TrackInfo[] }) => void;
+    reject: (e: OfferFailed) => void;
+  } | null = null;
+  private lastSubscriptions = '';
+  private closed = false;
+
+  constructor(
+    private readonly signal: SignalSender,
+    joined: JoinedMessage,
+    local: LocalMedia,
+    private readonly listener: SessionListener,
+  ) {
+    this.self = joined.participant;
+    this.room = joined.room;
+    this.activeSpeaker = joined.active_speaker;
+    this.canPublish = mayPublish(joined.participant.role);
+    // No ICE servers: the server's answer carries a host candidate we can reach directly.
+    this.pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+    this.pc.onconnectionstatechange = () => this.onConnectionState();
+    for (const p of joined.participants) this.participants.set(p.id, p);
+
+    if (this.canPublish) {
+      if (local.microphone) this.publish('microphone', local.microphone, local.micMuted);
+      if (local.camera) this.publish('camera', local.camera, local.cameraMuted);
+    } else {
+      // Receive-only roles: the server would refuse our tracks, so release the devices.
+      local.microphone?.stop();
+      local.camera?.stop();
+    }
+    this.allocateReceivers();
+    if (this.sendSlots.length > 0 || this.recvSlots.length > 0) this.negotiate();
+  }
+
+  // ---- queries for the UI ----
+
+  /** The local track currently sent for `source`, if any. */
+  localTrack(source: TrackSource): MediaStreamTrack | null {
+    return this.slotFor(source)?.track ?? null;
+  }
+
+  isMuted(source: 'microphone' | 'camera'): boolean {
+    return this.slotFor(source)?.muted ?? true;
+  }
+
+  /** The media of remote track `trackId`, once its receiving m-line is negotiated. */
+  remoteMedia(trackId: TrackId): MediaStreamTrack | null {
+    const slot = this.recvSlots.find((s) => s.trackId === trackId);
+    return slot && this.isNegotiated(slot.transceiver) ? slot.transceiver.receiver.track : null;
+  }
+
+  /** What each negotiated receiving m-line shows, for tests and debugging (matches getStats `mid`). */
+  receiving(): { mid: string; trackId: TrackId; participantId: ParticipantId; source: TrackSource }[] {
+    const tracks = new Map(this.remoteTracks().map((t) => [t.id, t]));
+    return this.recvSlots.flatMap((slot) => {
+      const info = slot.trackId === null ? undefined : tracks.get(slot.trackId);
+      const mid = slot.transceiver.mid;
+      if (!info || mid === null || !this.isNegotiated(slot.transceiver)) return [];
+      return [{ mid, trackId: info.id, participantId: info.participant_id, source: info.source }];
+    });
+  }
+
+  // ---- user actions ----
+
+  setMuted(source: 'microphone' | 'camera', muted: boolean): void {
+    const slot = this.slotFor(source);
+    if (!slot?.track) return;
+    slot.muted = muted;
+    // Disabled tracks send silence / black frames, so nothing leaks even before the server knows.
+    slot.track.enabled = !muted;
+    if (slot.trackId !== null) this.signal.send({ type: 'mute', track_id: slot.trackId, muted });
+    this.listener.changed();
+  }
+
+  /** Starts publishing a microphone or camera acquired after joining. */
+  addDevice(source: 'microphone' | 'camera', track: MediaStreamTrack): void {
+    if (!this.canPublish || this.slotFor(source)) return;
+    this.publish(source, track, false);
+    this.negotiate();
+    this.listener.changed();
+  }
+
+  get sharingScreen(): boolean {
+    return this.slotFor('screen') !== undefined;
+  }
+
+  startScreenShare(stream: MediaStream): void {
+    if (!this.canPublish) return;
+    const video = stream.getVideoTracks()[0];
+    const audio = stream.getAudioTracks()[0];
+    if (!video) return;
+    this.stopScreenShare(false);
+    // The browser's own "Stop sharing" button ends the track.
+    video.addEventListener('ended', () => this.stopScreenShare());
+    this.publish('screen', video, false);
+    if (audio) this.publish('screen_audio', audio, false);
+    this.negotiate();
+    this.listener.changed();
+  }
+
+  stopScreenShare(renegotiate = true): void {
+    let stopped = false;
+    for (const slot of this.sendSlots) {
+      if ((slot.source === 'screen' || slot.source === 'screen_audio') && slot.track) {
+        slot.track.stop();
+        // Keep the transceiver, inactive, for the next share: m-lines can't be removed.
+        void slot.transceiver.sender.replaceTrack(null);
+        slot.transceiver.direction = 'inactive';
+        slot.track = null;
+        slot.trackId = null;
+        stopped = true;
+      }
+    }
+    if (stopped && renegotiate) {
+      this.negotiate();
+      this.listener.changed();
+    }
+  }
+
+  /** Ends the session; `stopDevices: false` keeps the microphone and camera for a new session. */
+  close(stopDevices = true): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.pendingAnswer?.reject(new OfferFailed('session closed', false));
+    for (const slot of this.sendSlots) {
+      if (stopDevices || slot.source === 'screen' || slot.source === 'screen_audio') slot.track?.stop();
+    }
+    this.pc.close();
+    this.mediaStatus = 'closed';
+  }
+
+  // ---- signalling ----
+
+  handle(msg: ServerMessage): void {
+    switch (msg.type) {
+      case 'answer':
+        if (this.pendingAnswer) this.pendingAnswer.resolve(msg);
+        else console.warn('ting: answer without an offer in flight');
+        return;
+      case 'participant_joined':
+      case 'participant_updated':
+        if (msg.participant.id === this.self.id) this.self = msg.participant;
+        else this.participants.set(msg.participant.id, msg.participant);
+        break;
+      case 'participant_left':
+        this.participants.delete(msg.participant_id);
+        if (this.activeSpeaker === msg.participant_id) this.activeSpeaker = null;
+        break;
+      case 'track_published':
+      case 'track_updated':
+        this.upsertTrack(msg.track);
+        break;
+      case 'track_unpublished': {
+        const p = this.participants.get(msg.participant_id);
+        if (p) p.tracks = p.tracks.filter((t) => t.id !== msg.track_id);
+        break;
+      }
+      case 'active_speaker':
+        this.activeSpeaker = msg.participant_id;
+        this.listener.changed();
+        return;
+      case 'error':
+        this.onServerError(msg.code, msg.message);
+        return;
+      default:
+        return;
+    }
+    this.allocateReceivers();
+    this.syncSubscriptions();
+    this.listener.changed();
+  }
+
+  /** The signalling socket dropped: an answer in flight will never come. */
+  disconnected(): void {
+    this.pendingAnswer?.reject(new OfferFailed('signalling disconnected', true));
+  }
+
+  /** `joined` with `resumed: true`: same participant, same peer connection; catch up on the room. */
+  resumed(joined: JoinedMessage): void {
+    this.self = joined.participant;
+    this.participants.clear();
+    for (const p of joined.participants) this.participants.set(p.id, p);
+    this.activeSpeaker = joined.active_speaker;
+    // Mute changes made while offline were not delivered; repeating them is harmless.
+    for (const slot of this.sendSlots) {
+      if (slot.trackId !== null) {
+        this.signal.send({ type: 'mute', track_id: slot.trackId, muted: slot.muted });
+      }
+    }
+    this.allocateReceivers();
+    this.lastSubscriptions = '';
+    if (this.wantNegotiation && !this.negotiating) this.negotiate();
+    this.syncSubscriptions();
+    this.listener.changed();
+  }
+
+  /** The layout changed: tile heights (and so the wanted simulcast layers) may have too. */
+  layoutChanged(): void {
+    this.syncSubscriptions();
+  }
+
+  // ---- internals ----
+
+  private slotFor(source: TrackSource): SendSlot | undefined {
+    return this.sendSlots.find((s) => s.source === source && s.track !== null);
+  }
+
+  private publish(source: TrackSource, track: MediaStreamTrack, muted: boolean): void {
+    track.enabled = !muted;
+    this.localStream.addTrack(track);
+    // Reuse an m-line left inactive by an earlier screen share.
+    const spare = this.sendSlots.find((s) => s.source === source && s.track === null);
+    if (spare) {
+      spare.track = track;
+      spare.muted = muted;
+      spare.trackId = null;
+      spare.transceiver.direction = 'sendonly';
+      void spare.transceiver.sender.replaceTrack(track);
+      return;
+    }
+    const init: RTCRtpTransceiverInit = { direction: 'sendonly', streams: [this.localStream] };
+    if (source === 'camera') init.sendEncodings = CAMERA_ENCODINGS.map((e) => ({ ...e }));
+    const transceiver = this.pc.addTransceiver(track, init);
+    if (source === 'screen') track.contentHint = 'detail';
+    this.sendSlots.push({ source, transceiver, track, muted, trackId: null });
+  }
+
+  private upsertTrack(track: TrackInfo): void {
+    const owner = track.participant_id === this.self.id ? this.self : this.participants.get(track.participant_id);
+    if (!owner) return;
+    const i = owner.tracks.findIndex((t) => t.id === track.id);
+    if (i >= 0) owner.tracks[i] = track;
+    else owner.tracks.push(track);
+  }
+
+  private remoteTracks(): TrackInfo[] {
+    return [...this.participants.values()].flatMap((p) => p.tracks);
+  }
+
+  /** Gives every remote track a receiving m-line, reusing free ones; adding one needs an offer. */
+  private allocateReceivers(): void {
+    if (this.closed) return;
+    const wanted = new Map(this.remoteTracks().map((t) => [t.id, t]));
+    for (const slot of this.recvSlots) {
+      if (slot.trackId !== null && !wanted.has(slot.trackId)) slot.trackId = null;
+    }
+    const assigned = new Set(this.recvSlots.map((s) => s.trackId));
+    let added = false;
+    for (const track of wanted.values()) {
+      if (assigned.has(track.id)) continue;
+      let slot = this.recvSlots.find((s) => s.trackId === null && s.kind === track.kind);
+      if (!slot) {
+        const transceiver = this.pc.addTransceiver(track.kind, { direction: 'recvonly' });
+        slot = { kind: track.kind, transceiver, trackId: null };
+        this.recvSlots.push(slot);
+        added = true;
+      }
+      slot.trackId = track.id;
+    }
+    if (added) this.negotiate();
+  }
+
+  private isNegotiated(t: RTCRtpTransceiver): boolean {
+    return t.mid !== null && t.currentDirection !== null && t.currentDirection !== 'stopped';
+  }
+
+  /** Sends the full subscription list when it differs from the last one sent. */
+  private syncSubscriptions(): void {
+    if (this.closed) return;
+    const subscriptions: Subscription[] = [];
+    for (const slot of this.recvSlots) {
+      const mid = slot.transceiver.mid;
+      if (slot.trackId === null || mid === null || !this.isNegotiated(slot.transceiver)) continue;
+      const sub: Subscription = { track_id: slot.trackId, mid };
+      if (slot.kind === 'video') {
+        const h = this.tileHeight(slot.trackId);
+        if (h !== undefined) sub.max_height = Math.max(90, Math.round(h));
+      }
+      subscriptions.push(sub);
+    }
+    const key = JSON.stringify(subscriptions);
+    if (key === this.lastSubscriptions) return;
+    if (this.signal.send({ type: 'subscribe', subscriptions })) this.lastSubscriptions = key;
+  }
+
+  private publishedTracks(): PublishedTrack[] {
+    return this.sendSlots
+      .filter((s) => s.track !== null && s.transceiver.mid !== null)
+      .map((s) => ({ mid: s.transceiver.mid as string, source: s.source, muted: s.muted }));
+  }
+
+  /** Asks for an offer/answer round; coalesces with one already queued. */
+  negotiate(): void {
+    this.wantNegotiation = true;
+    if (!this.negotiating) void this.negotiationLoop();
+  }
+
+  private async negotiationLoop(): Promise<void> {
+    this.negotiating = true;
+    try {
+      while (this.wantNegotiation && !this.closed && this.signal.connected) {
+        this.wantNegotiation = false;
+        try {
+          await this.offerOnce();
+          this.listener.problem('negotiation', null);
+        } catch (e) {
+          if (this.closed) return;
+          if (this.pc.signalingState === 'have-local-offer') {
+            await this.pc.setLocalDescription({ type: 'rollback' });
+          }
+          const failure = e instanceof OfferFailed ? e : new OfferFailed(String(e), false);
+          if (failure.retry) {
+            // Try again once the socket is back (resumed() calls negotiate()).
+            this.wantNegotiation = true;
+            return;
+          }
+          this.listener.problem('negotiation', `Could not set up media: ${failure.message}`, 'error');
+          if (failure.retryLater) window.setTimeout(() => this.negotiate(), RETRY_OFFER_MS);
+        }
+      }
+    } finally {
+      this.negotiating = false;
+    }
+  }
+
+  private async offerOnce(): Promise<void> {
+    const offer = await this.pc.createOffer({ iceRestart: this.iceRestart });
+    this.iceRestart = false;
+    await this.pc.setLocalDescription(offer);
+    const answer = new Promise<{ sdp: string; tracks: TrackInfo[] }>((resolve, reject) => {
+      const timer = window.setTimeout(
+        () => reject(new OfferFailed('the server did not answer in time', false, true)),
+        ANSWER_TIMEOUT_MS,
+      );
+      this.pendingAnswer = {
+        resolve: (a) => {
+          clearTimeout(timer);
+          resolve(a);
+        },
+        reject: (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      };
+    });
+    const sdp = this.pc.localDescription?.sdp ?? offer.sdp ?? '';
+    if (!this.signal.send({ type: 'offer', sdp, tracks: this.publishedTracks() })) {
+      this.pendingAnswer = null;
+      throw new OfferFailed('signalling disconnected', true);
+    }
+    let reply: { sdp: string; tracks: TrackInfo[] };
+    try {
+      reply = await answer;
+    } finally {
+      this.pendingAnswer = null;
+    }
+    if (this.closed) return;
+    await this.pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+    this.applyOwnTracks(reply.tracks);
+    this.syncSubscriptions();
+    this.listener.changed();
+  }
+
+  /** Learns the server's ids for our own m-lines; fixes up mutes toggled while the offer flew. */
+  private applyOwnTracks(tracks: TrackInfo[]): void {
+    for (const info of tracks) {
+      const slot = this.sendSlots.find((s) => s.track !== null && s.transceiver.mid === info.mid);
+      if (!slot) continue;
+      slot.trackId = info.id;
+      if (info.muted !== slot.muted) {
+        this.signal.send({ type: 'mute', track_id: info.id, muted: slot.muted });
+      }
+    }
+  }
+
+  private onServerError(code: ErrorCode, message: string): void {
+    if (this.pendingAnswer && OFFER_ERRORS.has(code)) {
+      this.pendingAnswer.reject(new OfferFailed(message, false));
+      if (code === 'not_allowed') this.stopPublishing();
+      return;
+    }
+    this.listener.problem('server', message || code, 'error');
+  }
+
+  /** The server refuses our media (role changed?): continue receive-only. */
+  private stopPublishing(): void {
+    for (const slot of this.sendSlots) {
+      slot.track?.stop();
+      slot.track = null;
+      slot.trackId = null;
+      void slot.transceiver.sender.replaceTrack(null);
+      slot.transceiver.direction = 'inactive';
+    }
+    this.listener.problem('publish', 'You are not allowed to publish in this room; you can watch and listen.', 'info');
+    this.negotiate();
+    this.listener.changed();
+  }
+
+  private onConnectionState(): void {
+    const state = this.pc.connectionState;
+    this.mediaStatus = state;
+    if (state === 'failed') {
+      this.listener.problem('media', 'The media connection failed. Trying to restore it…', 'error');
+      // One ICE restart per failure; the server answers it like any other offer.
+      this.iceRestart = true;
+      this.negotiate();
+    } else if (state === 'disconnected') {
+      this.listener.problem('media', 'The media connection is interrupted…', 'warning');
+    } else if (state === 'connected') {
+      this.listener.problem('media', null);
+    }
+    this.listener.changed();
+  }
+}

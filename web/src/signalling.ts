@@ -1,0 +1,239 @@
+// The signalling WebSocket: joins, keeps the socket alive, and resumes the same participant
+// after an unexpected drop. It knows nothing about media; it hands messages to its handlers.
+
+import {
+  PROTOCOL_VERSION,
+  type ClientMessage,
+  type ErrorCode,
+  type JoinedMessage,
+  type LeaveReason,
+  type ServerMessage,
+} from './protocol.js';
+
+/** Why the signalling session ended for good (no more reconnects). */
+export type SignallingEnd =
+  | { kind: 'bye'; reason: LeaveReason }
+  | { kind: 'error'; code: ErrorCode; message: string }
+  | { kind: 'gave_up' }
+  | { kind: 'left' };
+
+export interface SignallingHandlers {
+  /** A `joined` arrived: first join, a resume (`msg.resumed`), or a fresh join after a failed resume. */
+  joined(msg: JoinedMessage): void;
+  /** Any other server message once joined (pongs are handled here). */
+  message(msg: ServerMessage): void;
+  /** The socket dropped unexpectedly; a reconnect is scheduled in `delayMs`. */
+  reconnecting(attempt: number, delayMs: number): void;
+  /** The server no longer knows us (grace period over): the next `joined` is a fresh participant. */
+  resumeFailed(): void;
+  ended(end: SignallingEnd): void;
+}
+
+const PING_INTERVAL_MS = 10_000;
+/** A socket that heard nothing (not even a pong) for this long is treated as dead. */
+const SILENCE_LIMIT_MS = 25_000;
+const FIRST_BACKOFF_MS = 500;
+/** Used until the server told us its grace period (e.g. when the very first connect fails). */
+const DEFAULT_GRACE_SECS = 30;
+/** Errors that answer `join` and make retrying pointless. */
+const FATAL_JOIN_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'invalid_token',
+  'token_expired',
+  'wrong_room',
+  'unsupported_version',
+  'not_allowed',
+  'bad_message',
+]);
+
+export class Signalling {
+  private ws: WebSocket | null = null;
+  private joinedOnSocket = false;
+  private resumeToken: string | null = null;
+  private graceSecs = DEFAULT_GRACE_SECS;
+  private attempt = 0;
+  /** When the current outage began; reconnecting stops once it exceeds the grace period. */
+  private outageSince: number | null = null;
+  private reconnectTimer: number | undefined;
+  private pingTimer: number | undefined;
+  private lastHeard = 0;
+  private nonce = 0;
+  private finished = false;
+
+  constructor(
+    private readonly url: string,
+    private readonly token: string,
+    private readonly handlers: SignallingHandlers,
+  ) {}
+
+  static urlFor(location: Location): string {
+    return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/ws`;
+  }
+
+  start(): void {
+    this.open();
+  }
+
+  /** True while a joined socket is open: messages sent now reach the server. */
+  get connected(): boolean {
+    return this.joinedOnSocket && this.ws?.readyState === WebSocket.OPEN;
+  }
+
+  /** Sends if connected; otherwise drops the message (the session resends its state after a resume). */
+  send(msg: ClientMessage): boolean {
+    if (!this.connected || !this.ws) return false;
+    this.ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  /** Leaves the room: the server answers `bye` and closes; don't wait for it forever. */
+  leave(): void {
+    if (this.finished) return;
+    const sent = this.send({ type: 'leave' });
+    this.finish({ kind: 'left' }, sent ? 1500 : 0);
+  }
+
+  /** Stops everything without telling the server (page teardown, fatal client error). */
+  close(): void {
+    this.finish({ kind: 'left' }, 0, false);
+  }
+
+  private open(): void {
+    clearTimeout(this.reconnectTimer);
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    this.joinedOnSocket = false;
+    ws.onopen = () => {
+      this.lastHeard = Date.now();
+      const join: ClientMessage = { type: 'join', version: PROTOCOL_VERSION, token: this.token };
+      if (this.resumeToken) join.resume = this.resumeToken;
+      ws.send(JSON.stringify(join));
+    };
+    ws.onmessage = (ev) => {
+      if (ws !== this.ws) return;
+      this.lastHeard = Date.now();
+      let msg: ServerMessage;
+      try {
+        msg = JSON.parse(String(ev.data)) as ServerMessage;
+      } catch {
+        console.warn('ting: ignoring a non-JSON signalling message');
+        return;
+      }
+      this.onMessage(msg);
+    };
+    ws.onclose = () => {
+      if (ws === this.ws) this.onDrop();
+    };
+  }
+
+  private onMessage(msg: ServerMessage): void {
+    switch (msg.type) {
+      case 'joined':
+        this.joinedOnSocket = true;
+        this.resumeToken = msg.resume_token;
+        this.graceSecs = msg.resume_grace_secs || DEFAULT_GRACE_SECS;
+        this.attempt = 0;
+        this.outageSince = null;
+        this.startPing();
+        this.handlers.joined(msg);
+        return;
+      case 'bye':
+        this.finish({ kind: 'bye', reason: msg.reason }, 0, false);
+        return;
+      case 'pong':
+        return;
+      case 'error':
+        if (!this.joinedOnSocket) {
+          this.onJoinError(msg.code, msg.message);
+          return;
+        }
+        break;
+    }
+    if (this.joinedOnSocket) this.handlers.message(msg);
+  }
+
+  private onJoinError(code: ErrorCode, message: string): void {
+    if (code === 'resume_failed') {
+      // The server forgot us: come back as a new participant on a new socket.
+      this.resumeToken = null;
+      this.handlers.resumeFailed();
+      this.detachSocket();
+      this.open();
+      return;
+    }
+    if (FATAL_JOIN_ERRORS.has(code)) {
+      this.finish({ kind: 'error', code, message }, 0, false);
+      return;
+    }
+    // 'unavailable', 'internal', ...: worth another try with backoff.
+    this.detachSocket();
+    this.onDrop();
+  }
+
+  private onDrop(): void {
+    this.stopPing();
+    this.joinedOnSocket = false;
+    this.ws = null;
+    if (this.finished) return;
+    const now = Date.now();
+    this.outageSince ??= now;
+    const left = this.graceSecs * 1000 - (now - this.outageSince);
+    if (left <= 0) {
+      this.finish({ kind: 'gave_up' }, 0, false);
+      return;
+    }
+    const delay = Math.min(FIRST_BACKOFF_MS * 2 ** this.attempt, left);
+    this.attempt += 1;
+    this.handlers.reconnecting(this.attempt, delay);
+    this.reconnectTimer = window.setTimeout(() => this.open(), delay);
+  }
+
+  private startPing(): void {
+    this.stopPing();
+    this.pingTimer = window.setInterval(() => {
+      if (Date.now() - this.lastHeard > SILENCE_LIMIT_MS) {
+        // A half-open TCP connection may never fire `close`: drop it ourselves.
+        this.detachSocket();
+        this.onDrop();
+        return;
+      }
+      this.send({ type: 'ping', nonce: ++this.nonce });
+    }, PING_INTERVAL_MS);
+  }
+
+  private stopPing(): void {
+    clearInterval(this.pingTimer);
+    this.pingTimer = undefined;
+  }
+
+  /** Forgets the current socket so its late events are ignored, and closes it. */
+  private detachSocket(): void {
+    const ws = this.ws;
+    this.ws = null;
+    this.joinedOnSocket = false;
+    this.stopPing();
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      try {
+        ws.close();
+      } catch {
+        /* already closed */
+      }
+    }
+  }
+
+  private finish(end: SignallingEnd, closeAfterMs: number, notify = true): void {
+    if (this.finished) return;
+    this.finished = true;
+    clearTimeout(this.reconnectTimer);
+    this.stopPing();
+    const ws = this.ws;
+    if (closeAfterMs > 0 && ws) {
+      // Let the server's `bye` arrive; the socket's close ends it early.
+      window.setTimeout(() => ws.close(), closeAfterMs);
+    } else {
+      this.detachSocket();
+    }
+    // `close()` is a local teardown: nobody needs to hear about it.
+    if (notify || end.kind !== 'left') this.handlers.ended(end);
+  }
+}

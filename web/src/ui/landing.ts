@@ -1,0 +1,100 @@
+// The landing page: display name and room, then a quick-join token from the server.
+
+import { ApiError, quickJoin, type ServerConfig } from '../api.js';
+import { isValidRoomName } from '../protocol.js';
+import { h } from './dom.js';
+
+export interface LandingOptions {
+  room: string;
+  name: string;
+  /** null when /api/config could not be read; joining is still attempted. */
+  config: ServerConfig | null;
+  onToken(token: string, room: string, name: string): void;
+}
+
+export function showLanding(root: HTMLElement, opts: LandingOptions): void {
+  const nameInput = h('input', {
+    id: 'name',
+    name: 'name',
+    autocomplete: 'name',
+    required: true,
+    maxlength: 64,
+    value: opts.name,
+  });
+  const roomInput = h('input', {
+    id: 'room',
+    name: 'room',
+    required: true,
+    maxlength: 64,
+    autocapitalize: 'off',
+    spellcheck: 'false',
+    'aria-describedby': 'room-hint',
+    value: opts.room,
+  });
+  const error = h('p', { id: 'landing-error', className: 'form-error', role: 'alert', hidden: true });
+  const join = h('button', { id: 'join', type: 'submit', className: 'primary' }, 'Join');
+  const quickStartOff = opts.config?.quick_start === false;
+
+  const fail = (message: string, field?: HTMLInputElement) => {
+    error.textContent = message;
+    error.hidden = false;
+    field?.setAttribute('aria-invalid', 'true');
+    field?.focus();
+  };
+
+  const form = h(
+    'form',
+    { id: 'landing-form', novalidate: true },
+    h('label', { for: 'name' }, 'Your name'),
+    nameInput,
+    h('label', { for: 'room' }, 'Room'),
+    roomInput,
+    h('p', { id: 'room-hint', className: 'hint' }, "Letters, digits, '-', '_' and '.' (up to 64)."),
+    error,
+    join,
+  );
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    error.hidden = true;
+    nameInput.removeAttribute('aria-invalid');
+    roomInput.removeAttribute('aria-invalid');
+    const name = nameInput.value.trim();
+    const room = roomInput.value.trim();
+    if (!name) return fail('Please enter your name.', nameInput);
+    if (!isValidRoomName(room)) {
+      return fail("That room name is not valid: use 1–64 letters, digits, '-', '_' or '.'.", roomInput);
+    }
+    join.disabled = true;
+    join.textContent = 'Joining…';
+    quickJoin(room, name)
+      .then((res) => opts.onToken(res.token, res.room || room, name))
+      .catch((err: unknown) => {
+        join.disabled = false;
+        join.textContent = 'Join';
+        if (err instanceof ApiError && err.code === 'not_allowed') {
+          fail(`${err.message} Ask the organiser for an invite link.`);
+        } else if (err instanceof ApiError && err.code === 'bad_message') {
+          fail(err.message, roomInput);
+        } else {
+          fail(err instanceof Error ? err.message : 'Could not join.');
+        }
+      });
+  });
+
+  root.replaceChildren(
+    h(
+      'section',
+      { className: 'card landing', 'aria-labelledby': 'landing-title' },
+      h('h1', { id: 'landing-title', className: 'brand' }, 'Ting'),
+      h('p', { className: 'subtitle' }, 'Video meetings on your own server.'),
+      quickStartOff &&
+        h(
+          'p',
+          { className: 'notice', role: 'status' },
+          'This server admits people with an invite link only. Open the link you were sent.',
+        ),
+      form,
+    ),
+  );
+  (opts.room && !opts.name ? nameInput : opts.room ? join : nameInput).focus();
+}

@@ -1,0 +1,412 @@
+// The meeting view: tile grid, screen-share stage, controls and participants panel. It renders
+// from the Session's state on every change, keeping DOM nodes (and their playing videos) keyed.
+
+import type { ParticipantId, ParticipantInfo, TrackId, TrackInfo } from '../protocol.js';
+import type { Session } from '../session.js';
+import { h, icon } from './dom.js';
+import { icons } from './icons.js';
+
+export interface MeetingActions {
+  toggleMic(): void;
+  toggleCamera(): void;
+  toggleScreen(): void;
+  leave(): void;
+}
+
+interface TileModel {
+  key: string;
+  participantId: ParticipantId;
+  source: 'camera' | 'screen';
+  name: string;
+  self: boolean;
+  /** The remote track shown (for subscription heights); null for own tiles. */
+  trackId: TrackId | null;
+  media: MediaStreamTrack | null;
+  micMuted: boolean;
+  speaking: boolean;
+}
+
+interface Tile {
+  el: HTMLDivElement;
+  video: HTMLVideoElement;
+  name: HTMLSpanElement;
+  avatar: HTMLDivElement;
+  micMuted: HTMLSpanElement;
+  media: MediaStreamTrack | null;
+  trackId: TrackId | null;
+}
+
+/** Only re-subscribe when a tile's height changed by more than this share. */
+const HEIGHT_CHANGE = 0.2;
+const LAYOUT_DEBOUNCE_MS = 400;
+
+function initials(name: string): string {
+  const parts = name.trim().split(/\s+/).filter(Boolean);
+  return ((parts[0]?.[0] ?? '?') + (parts.length > 1 ? (parts[parts.length - 1]?.[0] ?? '') : '')).toUpperCase();
+}
+
+function trackOf(p: ParticipantInfo, source: TrackInfo['source']): TrackInfo | undefined {
+  return p.tracks.find((t) => t.source === source);
+}
+
+export class MeetingView {
+  private readonly tiles = new Map<string, Tile>();
+  private readonly audio = new Map<TrackId, HTMLAudioElement>();
+  private readonly grid = h('div', { className: 'grid', role: 'list', 'aria-label': 'Participants' });
+  private readonly screens = h('div', { className: 'screens', 'aria-label': 'Screen shares' });
+  private readonly stage = h('main', { className: 'stage' }, this.screens, this.grid);
+  private readonly audioBox = h('div', { hidden: true });
+  private readonly roomTitle = h('span', { className: 'room-name' });
+  private readonly status = h('span', { className: 'status', role: 'status' });
+  private readonly count = h('span', { className: 'badge', id: 'participant-count' }, '1');
+  private readonly list = h('ul', { className: 'participant-list' });
+  private readonly panelCount = h('span', {});
+  private readonly panel = h(
+    'aside',
+    { id: 'participants-panel', className: 'panel', hidden: true, 'aria-labelledby': 'participants-title' },
+    h('h2', { id: 'participants-title' }, 'Participants (', this.panelCount, ')'),
+    this.list,
+  );
+  private readonly micButton: HTMLButtonElement;
+  private readonly cameraButton: HTMLButtonElement;
+  private readonly screenButton: HTMLButtonElement;
+  private readonly peopleButton: HTMLButtonElement;
+  /** Rendered heights of remote video tiles, by the track they show. */
+  private readonly heights = new Map<TrackId, number>();
+  private readonly reported = new Map<TrackId, number>();
+  private readonly resize: ResizeObserver;
+  private layoutTimer: number | undefined;
+  private session: Session | null = null;
+
+  constructor(root: HTMLElement, actions: MeetingActions) {
+    const toggle = (id: string, label: string, svg: string, run: () => void) =>
+      h('button', { id, type: 'button', className: 'control', 'aria-pressed': 'false', 'aria-label': label, title: label, onclick: run },
+        icon(svg), h('span', { className: 'control-label' }, label));
+    this.micButton = toggle('mute-mic', 'Mute', icons.mic, actions.toggleMic);
+    this.cameraButton = toggle('mute-camera', 'Stop video', icons.camera, actions.toggleCamera);
+    this.screenButton = toggle('share-screen', 'Share screen', icons.screen, actions.toggleScreen);
+    this.peopleButton = h(
+      'button',
+      { id: 'toggle-participants', type: 'button', className: 'control', 'aria-expanded': 'false', 'aria-controls': 'participants-panel', title: 'Participants', onclick: () => this.togglePanel() },
+      icon(icons.people),
+      h('span', { className: 'control-label' }, 'People'),
+      this.count,
+    );
+    const leave = h(
+      'button',
+      { id: 'leave', type: 'button', className: 'control danger', title: 'Leave the meeting', onclick: actions.leave },
+      icon(icons.leave),
+      h('span', { className: 'control-label' }, 'Leave'),
+    );
+    this.resize = new ResizeObserver((entries) => this.onResize(entries));
+    root.replaceChildren(
+      h(
+        'div',
+        { className: 'meeting', id: 'meeting' },
+        h('header', { className: 'meeting-header' }, h('span', { className: 'brand small' }, 'Ting'), this.roomTitle, this.status),
+        h('div', { className: 'meeting-body' }, this.stage, this.panel),
+        h(
+          'nav',
+          { className: 'controls', 'aria-label': 'Meeting controls' },
+          this.micButton,
+          this.cameraButton,
+          this.screenButton,
+          this.peopleButton,
+          leave,
+        ),
+        this.audioBox,
+      ),
+    );
+    this.resize.observe(this.grid);
+  }
+
+  /** Height of the tile showing remote track `trackId`, scaled for high-density screens. */
+  tileHeight(trackId: TrackId): number | undefined {
+    // The last height reported to the session, so small jitter does not change subscriptions.
+    const css = this.reported.get(trackId) ?? this.heights.get(trackId);
+    // Up to 2× device pixels: a sharper layer on HiDPI screens, but not a 4K one for a phone.
+    return css === undefined ? undefined : css * Math.min(window.devicePixelRatio || 1, 2);
+  }
+
+  setStatus(text: string): void {
+    this.status.textContent = text;
+  }
+
+  render(session: Session): void {
+    this.session = session;
+    this.roomTitle.textContent = session.room;
+    const models = this.tileModels(session);
+    this.renderTiles(models);
+    this.renderAudio(session);
+    this.renderControls(session);
+    this.renderPanel(session);
+    this.layoutGrid();
+  }
+
+  destroy(): void {
+    this.resize.disconnect();
+    clearTimeout(this.layoutTimer);
+    for (const a of this.audio.values()) a.srcObject = null;
+    for (const t of this.tiles.values()) t.video.srcObject = null;
+  }
+
+  private tileModels(s: Session): TileModel[] {
+    const speaking = s.activeSpeaker;
+    const selfMic = s.localTrack('microphone');
+    const models: TileModel[] = [
+      {
+        key: 'self:camera',
+        participantId: s.self.id,
+        source: 'camera',
+        name: `${s.self.name} (you)`,
+        self: true,
+        trackId: null,
+        media: s.localTrack('camera') && !s.isMuted('camera') ? s.localTrack('camera') : null,
+        micMuted: selfMic !== null && s.isMuted('microphone'),
+        speaking: speaking === s.self.id,
+      },
+    ];
+    const ownScreen = s.localTrack('screen');
+    if (ownScreen) {
+      models.push({
+        key: 'self:screen',
+        participantId: s.self.id,
+        source: 'screen',
+        name: 'Your screen',
+        self: true,
+        trackId: null,
+        media: ownScreen,
+        micMuted: false,
+        speaking: false,
+      });
+    }
+    const people = [...s.participants.values()].sort((a, b) => a.id - b.id);
+    for (const p of people) {
+      const cam = trackOf(p, 'camera');
+      const mic = trackOf(p, 'microphone');
+      models.push({
+        key: `${p.id}:camera`,
+        participantId: p.id,
+        source: 'camera',
+        name: p.name,
+        self: false,
+        trackId: cam?.id ?? null,
+        media: cam && !cam.muted ? s.remoteMedia(cam.id) : null,
+        micMuted: mic?.muted ?? false,
+        speaking: speaking === p.id,
+      });
+      for (const screen of p.tracks.filter((t) => t.source === 'screen')) {
+        models.push({
+          key: `${p.id}:screen:${screen.id}`,
+          participantId: p.id,
+          source: 'screen',
+          name: `${p.name} (screen)`,
+          self: false,
+          trackId: screen.id,
+          media: screen.muted ? null : s.remoteMedia(screen.id),
+          micMuted: false,
+          speaking: false,
+        });
+      }
+    }
+    return models;
+  }
+
+  private renderTiles(models: TileModel[]): void {
+    const wanted = new Set(models.map((m) => m.key));
+    for (const [key, tile] of this.tiles) {
+      if (wanted.has(key)) continue;
+      this.resize.unobserve(tile.el);
+      tile.video.srcObject = null;
+      tile.el.remove();
+      this.tiles.delete(key);
+      if (tile.trackId !== null) this.heights.delete(tile.trackId);
+    }
+    const gridOrder: HTMLElement[] = [];
+    const screenOrder: HTMLElement[] = [];
+    for (const m of models) {
+      const tile = this.tiles.get(m.key) ?? this.createTile(m);
+      this.updateTile(tile, m);
+      (m.source === 'screen' ? screenOrder : gridOrder).push(tile.el);
+    }
+    this.placeInOrder(this.grid, gridOrder);
+    this.placeInOrder(this.screens, screenOrder);
+    this.stage.classList.toggle('has-screen', screenOrder.length > 0);
+  }
+
+  /** Appends only what is out of place: moving a playing <video> around is wasteful. */
+  private placeInOrder(parent: HTMLElement, els: HTMLElement[]): void {
+    els.forEach((el, i) => {
+      if (parent.children[i] !== el) parent.insertBefore(el, parent.children[i] ?? null);
+    });
+  }
+
+  private createTile(m: TileModel): Tile {
+    const video = h('video', { autoplay: true, playsinline: true });
+    // Sound plays through separate <audio> elements; tiles only show pictures.
+    video.muted = true;
+    const micMuted = h('span', { className: 'mic-muted', title: 'Microphone muted', hidden: true });
+    micMuted.append(icon(icons.micOff), h('span', { className: 'visually-hidden' }, 'Microphone muted'));
+    const name = h('span', { className: 'tile-name' });
+    const avatar = h('div', { className: 'avatar', 'aria-hidden': 'true' });
+    const el = h(
+      'div',
+      {
+        className: `tile${m.self ? ' self' : ''}`,
+        'data-participant-id': m.participantId,
+        'data-source': m.source,
+        role: m.source === 'camera' ? 'listitem' : 'region',
+      },
+      video,
+      avatar,
+      h('div', { className: 'tile-label' }, micMuted, name),
+    );
+    if (m.self && m.source === 'camera') video.classList.add('mirror');
+    const tile: Tile = { el, video, name, avatar, micMuted, media: null, trackId: null };
+    this.tiles.set(m.key, tile);
+    if (!m.self) this.resize.observe(el);
+    return tile;
+  }
+
+  private updateTile(tile: Tile, m: TileModel): void {
+    if (tile.media !== m.media) {
+      tile.media = m.media;
+      tile.video.srcObject = m.media ? new MediaStream([m.media]) : null;
+    }
+    if (tile.trackId !== m.trackId) {
+      if (tile.trackId !== null) this.heights.delete(tile.trackId);
+      tile.trackId = m.trackId;
+      if (m.trackId !== null) this.heights.set(m.trackId, tile.el.clientHeight);
+    }
+    tile.name.textContent = m.name;
+    tile.avatar.textContent = initials(m.name.replace(/ \((you|screen)\)$/, ''));
+    tile.el.setAttribute('aria-label', m.micMuted ? `${m.name}, microphone muted` : m.name);
+    tile.el.classList.toggle('video-off', m.media === null);
+    tile.el.classList.toggle('speaking', m.speaking);
+    tile.micMuted.hidden = !m.micMuted;
+  }
+
+  private renderAudio(s: Session): void {
+    const wanted = new Map<TrackId, MediaStreamTrack>();
+    for (const p of s.participants.values()) {
+      for (const t of p.tracks) {
+        if (t.kind !== 'audio') continue;
+        const media = s.remoteMedia(t.id);
+        if (media) wanted.set(t.id, media);
+      }
+    }
+    for (const [id, el] of this.audio) {
+      if (wanted.get(id) === (el.srcObject as MediaStream | null)?.getAudioTracks()[0]) continue;
+      el.srcObject = null;
+      el.remove();
+      this.audio.delete(id);
+    }
+    for (const [id, media] of wanted) {
+      if (this.audio.has(id)) continue;
+      const el = h('audio', { autoplay: true });
+      el.srcObject = new MediaStream([media]);
+      this.audio.set(id, el);
+      this.audioBox.append(el);
+      el.play().catch(() => {
+        // Autoplay was refused (no user gesture yet): the next click anywhere starts sound.
+        document.addEventListener('click', () => void el.play().catch(() => undefined), { once: true });
+      });
+    }
+  }
+
+  private renderControls(s: Session): void {
+    const hasMic = s.localTrack('microphone') !== null;
+    const hasCamera = s.localTrack('camera') !== null;
+    const micOff = !hasMic || s.isMuted('microphone');
+    const camOff = !hasCamera || s.isMuted('camera');
+    this.setToggle(this.micButton, micOff, micOff ? icons.micOff : icons.mic, hasMic ? (micOff ? 'Unmute' : 'Mute') : 'Start microphone');
+    this.setToggle(this.cameraButton, camOff, camOff ? icons.cameraOff : icons.camera, hasCamera ? (camOff ? 'Start video' : 'Stop video') : 'Start camera');
+    this.setToggle(this.screenButton, s.sharingScreen, icons.screen, s.sharingScreen ? 'Stop sharing' : 'Share screen');
+    for (const b of [this.micButton, this.cameraButton, this.screenButton]) {
+      b.disabled = !s.canPublish;
+      if (!s.canPublish) b.title = 'Your role in this room cannot publish';
+    }
+  }
+
+  private setToggle(button: HTMLButtonElement, pressed: boolean, svg: string, label: string): void {
+    button.setAttribute('aria-pressed', String(pressed));
+    button.title = label;
+    const labelEl = button.querySelector('.control-label');
+    if (labelEl && labelEl.textContent !== label) labelEl.textContent = label;
+    const iconEl = button.querySelector('.icon');
+    if (iconEl && iconEl.innerHTML !== svg) iconEl.innerHTML = svg;
+  }
+
+  private renderPanel(s: Session): void {
+    const people = [s.self, ...[...s.participants.values()].sort((a, b) => a.id - b.id)];
+    this.count.textContent = String(people.length);
+    this.panelCount.textContent = String(people.length);
+    this.list.replaceChildren(
+      ...people.map((p) => {
+        const self = p.id === s.self.id;
+        const mic = self ? (s.localTrack('microphone') ? { muted: s.isMuted('microphone') } : undefined) : trackOf(p, 'microphone');
+        const cam = self ? (s.localTrack('camera') ? { muted: s.isMuted('camera') } : undefined) : trackOf(p, 'camera');
+        const micText = !mic ? 'no microphone' : mic.muted ? 'muted' : 'microphone on';
+        const camText = !cam ? 'no camera' : cam.muted ? 'camera off' : 'camera on';
+        return h(
+          'li',
+          { 'data-participant-id': p.id, className: s.activeSpeaker === p.id ? 'speaking' : '' },
+          h('span', { className: 'participant-name' }, self ? `${p.name} (you)` : p.name),
+          h('span', { className: 'participant-state', 'aria-label': `${micText}, ${camText}` },
+            icon(!mic || mic.muted ? icons.micOff : icons.mic, `icon${!mic || mic.muted ? ' off' : ''}`),
+            icon(!cam || cam.muted ? icons.cameraOff : icons.camera, `icon${!cam || cam.muted ? ' off' : ''}`)),
+        );
+      }),
+    );
+  }
+
+  private togglePanel(): void {
+    this.panel.hidden = !this.panel.hidden;
+    this.peopleButton.setAttribute('aria-expanded', String(!this.panel.hidden));
+    this.layoutGrid();
+  }
+
+  /** Picks the column count that gives the largest 16:9 tiles in the space available. */
+  private layoutGrid(): void {
+    const n = this.grid.children.length;
+    const { clientWidth: w, clientHeight: hgt } = this.grid;
+    if (n === 0 || w === 0 || hgt === 0) return;
+    const gap = 8;
+    let best = { cols: 1, width: 0 };
+    for (let cols = 1; cols <= n; cols++) {
+      const rows = Math.ceil(n / cols);
+      const width = Math.min((w - gap * (cols - 1)) / cols, ((hgt - gap * (rows - 1)) / rows) * (16 / 9));
+      if (width > best.width) best = { cols, width };
+    }
+    this.grid.style.setProperty('--tile-width', `${Math.floor(best.width)}px`);
+  }
+
+  private onResize(entries: ResizeObserverEntry[]): void {
+    let gridResized = false;
+    for (const e of entries) {
+      if (e.target === this.grid) {
+        gridResized = true;
+        continue;
+      }
+      const tile = [...this.tiles.values()].find((t) => t.el === e.target);
+      if (tile?.trackId != null) this.heights.set(tile.trackId, Math.round(e.contentRect.height));
+    }
+    if (gridResized) this.layoutGrid();
+    clearTimeout(this.layoutTimer);
+    this.layoutTimer = window.setTimeout(() => this.reportLayout(), LAYOUT_DEBOUNCE_MS);
+  }
+
+  /** Tells the session about tile sizes when one changed noticeably (it re-subscribes). */
+  private reportLayout(): void {
+    let changed = false;
+    for (const [id, height] of this.heights) {
+      const before = this.reported.get(id);
+      if (before === undefined || Math.abs(height - before) > before * HEIGHT_CHANGE) {
+        this.reported.set(id, height);
+        changed = true;
+      }
+    }
+    for (const id of this.reported.keys()) if (!this.heights.has(id)) this.reported.delete(id);
+    if (changed) this.session?.layoutChanged();
+  }
+}
