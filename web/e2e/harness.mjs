@@ -19,8 +19,6 @@ export const CHROMIUM_FLAGS = [
   '--use-fake-device-for-media-stream',
   '--use-fake-ui-for-media-stream',
   '--allow-loopback-in-peer-connection',
-  // Remote <audio> must play without a gesture in every page, or no audio gets pulled.
-  '--autoplay-policy=no-user-gesture-required',
 ];
 
 export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';

@@ -63,7 +63,9 @@ function updateStatus(): void {
       ? 'Reconnecting…'
       : media === 'connected'
         ? 'Connected'
-        : media === 'failed'
+        : media === 'new'
+          ? 'Connected' // nothing to send or receive yet
+          : media === 'failed'
           ? 'Media failed'
           : media === 'disconnected'
             ? 'Media interrupted'
@@ -109,7 +111,7 @@ function params(): { room: string; token: string } {
 function showCard(title: string, text: string, ...actions: HTMLElement[]): void {
   root.replaceChildren(
     h(
-      'section',
+      'main',
       { className: 'card message-card', 'aria-labelledby': 'card-title' },
       h('h1', { id: 'card-title' }, title),
       h('p', { id: 'card-text' }, text),
@@ -164,7 +166,7 @@ function startMeeting(token: string, room: string, name: string, local: LocalMed
     joined: onJoined,
     message: (msg) => session?.handle(msg),
     reconnecting: (attempt) => {
-      setState('reconnecting');
+      if (session) setState('reconnecting');
       session?.disconnected();
       banners.show(
         'connection',
@@ -263,7 +265,7 @@ async function toggleScreen(): Promise<void> {
     return;
   }
   try {
-    const stream = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 15 } }, audio: false });
+    const stream = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 15 } }, audio: true });
     if (session !== s) {
       stream.getTracks().forEach((t) => t.stop());
       return;

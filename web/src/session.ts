@@ -83,7 +83,6 @@ export class Session {
   readonly room: string;
   readonly participants = new Map<ParticipantId, ParticipantInfo>();
   activeSpeaker: ParticipantId | null;
-  readonly canPublish: boolean;
   mediaStatus: MediaStatus = 'new';
   /** Height in pixels of the tile showing a remote video track, from the meeting view. */
   tileHeight: (trackId: TrackId) => number | undefined = () => undefined;
@@ -98,8 +97,12 @@ export class Session {
     resolve: (a: { sdp: string; tracks: TrackInfo[] }) => void;
     reject: (e: OfferFailed) => void;
   } | null = null;
-  private lastSubscriptions = '';
+  /** Starts as the empty list: there is no point in telling the server "nothing" first. */
+  private lastSubscriptions = '[]';
+  private subscriptionTimer: number | undefined;
   private closed = false;
+  /** The server refused our media (`not_allowed`) although the role looked fine. */
+  private publishRefused = false;
 
   constructor(
     private readonly signal: SignalSender,
@@ -110,7 +113,6 @@ export class Session {
     this.self = joined.participant;
     this.room = joined.room;
     this.activeSpeaker = joined.active_speaker;
-    this.canPublish = mayPublish(joined.participant.role);
     // No ICE servers: the server's answer carries a host candidate we can reach directly.
     this.pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
     this.pc.onconnectionstatechange = () => this.onConnectionState();
@@ -129,6 +131,11 @@ export class Session {
   }
 
   // ---- queries for the UI ----
+
+  /** Whether this participant may send media (the role can change, e.g. an attendee promoted). */
+  get canPublish(): boolean {
+    return mayPublish(this.self.role) && !this.publishRefused;
+  }
 
   /** The local track currently sent for `source`, if any. */
   localTrack(source: TrackSource): MediaStreamTrack | null {
@@ -195,12 +202,13 @@ export class Session {
   }
 
   stopScreenShare(renegotiate = true): void {
+    if (this.closed) return;
     let stopped = false;
     for (const slot of this.sendSlots) {
       if ((slot.source === 'screen' || slot.source === 'screen_audio') && slot.track) {
         slot.track.stop();
         // Keep the transceiver, inactive, for the next share: m-lines can't be removed.
-        void slot.transceiver.sender.replaceTrack(null);
+        slot.transceiver.sender.replaceTrack(null).catch(() => undefined);
         slot.transceiver.direction = 'inactive';
         slot.track = null;
         slot.trackId = null;
@@ -311,7 +319,9 @@ export class Session {
       spare.muted = muted;
       spare.trackId = null;
       spare.transceiver.direction = 'sendonly';
-      void spare.transceiver.sender.replaceTrack(track);
+      spare.transceiver.sender.replaceTrack(track).catch((e: unknown) => {
+        this.listener.problem('publish', `Could not send your ${source}: ${String(e)}`, 'error');
+      });
       return;
     }
     const init: RTCRtpTransceiverInit = { direction: 'sendonly', streams: [this.localStream] };
@@ -360,8 +370,20 @@ export class Session {
     return t.mid !== null && t.currentDirection !== null && t.currentDirection !== 'stopped';
   }
 
-  /** Sends the full subscription list when it differs from the last one sent. */
+  /**
+   * Sends the subscription list after the current burst of events, once the view has rendered
+   * the new tiles, so that video subscriptions carry their tile's height.
+   */
   private syncSubscriptions(): void {
+    if (this.subscriptionTimer !== undefined) return;
+    this.subscriptionTimer = window.setTimeout(() => {
+      this.subscriptionTimer = undefined;
+      this.sendSubscriptions();
+    }, 0);
+  }
+
+  /** Sends the full subscription list when it differs from the last one sent. */
+  private sendSubscriptions(): void {
     if (this.closed) return;
     const subscriptions: Subscription[] = [];
     for (const slot of this.recvSlots) {
@@ -475,6 +497,14 @@ export class Session {
       if (code === 'not_allowed') this.stopPublishing();
       return;
     }
+    if (code === 'unknown_track') {
+      // A subscription raced with an unpublish: the next full list (sent once the
+      // `track_unpublished` arrives) is already correct, so only make sure it goes out.
+      console.info(`ting: ${message}`);
+      this.lastSubscriptions = '';
+      this.syncSubscriptions();
+      return;
+    }
     this.listener.problem('server', message || code, 'error');
   }
 
@@ -484,9 +514,10 @@ export class Session {
       slot.track?.stop();
       slot.track = null;
       slot.trackId = null;
-      void slot.transceiver.sender.replaceTrack(null);
+      slot.transceiver.sender.replaceTrack(null).catch(() => undefined);
       slot.transceiver.direction = 'inactive';
     }
+    this.publishRefused = true;
     this.listener.problem('publish', 'You are not allowed to publish in this room; you can watch and listen.', 'info');
     this.negotiate();
     this.listener.changed();

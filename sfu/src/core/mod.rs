@@ -70,12 +70,12 @@ pub struct PublishRequest {
     pub muted: bool,
 }
 
-/// The SDP answer to an offer, and the declared tracks that did not match the offer (those are
-/// not published; the rest of the offer stands).
+/// The SDP answer to an offer, and the declared tracks that did not match the offer as
+/// (mid, reason); those are not published, the rest of the offer stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfferAnswer {
     pub sdp: String,
-    pub rejected_tracks: Vec<String>,
+    pub rejected_tracks: Vec<(String, String)>,
 }
 
 /// Show `track_id` on the receiver's m-line `mid`.
@@ -239,15 +239,19 @@ impl Sfu {
             let kind = media_kind(req.kind);
             match peer.rtc.media(mid) {
                 Some(m) if m.kind() != kind => {
-                    rejected_tracks.push(format!("m-line {} is not {:?}", req.mid, req.kind));
+                    rejected_tracks
+                        .push((req.mid.clone(), format!("m-line is not {:?}", req.kind)));
                 }
                 Some(m) if !matches!(m.direction(), Direction::RecvOnly | Direction::SendRecv) => {
-                    rejected_tracks.push(format!("m-line {} does not send to the server", req.mid));
+                    rejected_tracks
+                        .push((req.mid.clone(), "m-line does not send to the server".into()));
                 }
                 Some(_) => {
                     wanted.insert(mid, (req.track_id, kind, req.muted));
                 }
-                None => rejected_tracks.push(format!("no m-line {} in the offer", req.mid)),
+                None => {
+                    rejected_tracks.push((req.mid.clone(), "no such m-line in the offer".into()))
+                }
             }
         }
 

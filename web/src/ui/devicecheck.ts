@@ -143,7 +143,7 @@ export function showDeviceCheck(root: HTMLElement, opts: DeviceCheckOptions): vo
 
   root.replaceChildren(
     h(
-      'section',
+      'main',
       { id: 'device-check', className: 'card device-check', 'aria-labelledby': 'dc-title' },
       h('h1', { id: 'dc-title' }, 'Check your camera and microphone'),
       h('p', { className: 'subtitle' }, 'Joining ', h('strong', {}, opts.room), ' as ', h('strong', {}, opts.name), '.'),

@@ -83,7 +83,7 @@ export function showLanding(root: HTMLElement, opts: LandingOptions): void {
 
   root.replaceChildren(
     h(
-      'section',
+      'main',
       { className: 'card landing', 'aria-labelledby': 'landing-title' },
       h('h1', { id: 'landing-title', className: 'brand' }, 'Ting'),
       h('p', { className: 'subtitle' }, 'Video meetings on your own server.'),

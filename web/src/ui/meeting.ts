@@ -1,7 +1,7 @@
 // The meeting view: tile grid, screen-share stage, controls and participants panel. It renders
 // from the Session's state on every change, keeping DOM nodes (and their playing videos) keyed.
 
-import type { ParticipantId, ParticipantInfo, TrackId, TrackInfo } from '../protocol.js';
+import { mayPublish, type ParticipantId, type ParticipantInfo, type TrackId, type TrackInfo } from '../protocol.js';
 import type { Session } from '../session.js';
 import { h, icon } from './dom.js';
 import { icons } from './icons.js';
@@ -56,7 +56,7 @@ export class MeetingView {
   private readonly screens = h('div', { className: 'screens', 'aria-label': 'Screen shares' });
   private readonly stage = h('main', { className: 'stage' }, this.screens, this.grid);
   private readonly audioBox = h('div', { hidden: true });
-  private readonly roomTitle = h('span', { className: 'room-name' });
+  private readonly roomTitle = h('h1', { className: 'room-name' });
   private readonly status = h('span', { className: 'status', role: 'status' });
   private readonly count = h('span', { className: 'badge', id: 'participant-count' }, '1');
   private readonly list = h('ul', { className: 'participant-list' });
@@ -79,8 +79,9 @@ export class MeetingView {
   private session: Session | null = null;
 
   constructor(root: HTMLElement, actions: MeetingActions) {
+    // Toggle buttons keep one name; aria-pressed (and the styling) tells the state.
     const toggle = (id: string, label: string, svg: string, run: () => void) =>
-      h('button', { id, type: 'button', className: 'control', 'aria-pressed': 'false', 'aria-label': label, title: label, onclick: run },
+      h('button', { id, type: 'button', className: 'control', 'aria-pressed': 'false', title: label, onclick: run },
         icon(svg), h('span', { className: 'control-label' }, label));
     this.micButton = toggle('mute-mic', 'Mute', icons.mic, actions.toggleMic);
     this.cameraButton = toggle('mute-camera', 'Stop video', icons.camera, actions.toggleCamera);
@@ -141,6 +142,16 @@ export class MeetingView {
     this.renderControls(session);
     this.renderPanel(session);
     this.layoutGrid();
+    this.measureNewTiles();
+  }
+
+  /** New tiles get a height right away, before the ResizeObserver reports, for the first subscription. */
+  private measureNewTiles(): void {
+    for (const tile of this.tiles.values()) {
+      if (tile.trackId !== null && !this.heights.get(tile.trackId)) {
+        this.heights.set(tile.trackId, tile.el.clientHeight);
+      }
+    }
   }
 
   destroy(): void {
@@ -182,6 +193,9 @@ export class MeetingView {
     }
     const people = [...s.participants.values()].sort((a, b) => a.id - b.id);
     for (const p of people) {
+      // Receive-only roles get no tile (a webinar audience would bury the speakers); they are
+      // listed in the participants panel.
+      if (!mayPublish(p.role) && p.tracks.length === 0) continue;
       const cam = trackOf(p, 'camera');
       const mic = trackOf(p, 'microphone');
       models.push({
@@ -276,8 +290,9 @@ export class MeetingView {
     if (tile.trackId !== m.trackId) {
       if (tile.trackId !== null) this.heights.delete(tile.trackId);
       tile.trackId = m.trackId;
-      if (m.trackId !== null) this.heights.set(m.trackId, tile.el.clientHeight);
     }
+    // A fresh rejoin keeps the view but gets a new participant id.
+    tile.el.dataset.participantId = String(m.participantId);
     tile.name.textContent = m.name;
     tile.avatar.textContent = initials(m.name.replace(/ \((you|screen)\)$/, ''));
     tile.el.setAttribute('aria-label', m.micMuted ? `${m.name}, microphone muted` : m.name);
@@ -319,8 +334,8 @@ export class MeetingView {
     const hasCamera = s.localTrack('camera') !== null;
     const micOff = !hasMic || s.isMuted('microphone');
     const camOff = !hasCamera || s.isMuted('camera');
-    this.setToggle(this.micButton, micOff, micOff ? icons.micOff : icons.mic, hasMic ? (micOff ? 'Unmute' : 'Mute') : 'Start microphone');
-    this.setToggle(this.cameraButton, camOff, camOff ? icons.cameraOff : icons.camera, hasCamera ? (camOff ? 'Start video' : 'Stop video') : 'Start camera');
+    this.setToggle(this.micButton, micOff, micOff ? icons.micOff : icons.mic, !hasMic ? 'Start the microphone' : micOff ? 'Unmute' : 'Mute');
+    this.setToggle(this.cameraButton, camOff, camOff ? icons.cameraOff : icons.camera, !hasCamera ? 'Start the camera' : camOff ? 'Start video' : 'Stop video');
     this.setToggle(this.screenButton, s.sharingScreen, icons.screen, s.sharingScreen ? 'Stop sharing' : 'Share screen');
     for (const b of [this.micButton, this.cameraButton, this.screenButton]) {
       b.disabled = !s.canPublish;
@@ -328,11 +343,10 @@ export class MeetingView {
     }
   }
 
-  private setToggle(button: HTMLButtonElement, pressed: boolean, svg: string, label: string): void {
+  /** `hint` (the tooltip) names what a click does; the accessible name stays put. */
+  private setToggle(button: HTMLButtonElement, pressed: boolean, svg: string, hint: string): void {
     button.setAttribute('aria-pressed', String(pressed));
-    button.title = label;
-    const labelEl = button.querySelector('.control-label');
-    if (labelEl && labelEl.textContent !== label) labelEl.textContent = label;
+    button.title = hint;
     const iconEl = button.querySelector('.icon');
     if (iconEl && iconEl.innerHTML !== svg) iconEl.innerHTML = svg;
   }
@@ -352,7 +366,8 @@ export class MeetingView {
           'li',
           { 'data-participant-id': p.id, className: s.activeSpeaker === p.id ? 'speaking' : '' },
           h('span', { className: 'participant-name' }, self ? `${p.name} (you)` : p.name),
-          h('span', { className: 'participant-state', 'aria-label': `${micText}, ${camText}` },
+          h('span', { className: 'participant-state' },
+            h('span', { className: 'visually-hidden' }, `${micText}, ${camText}`),
             icon(!mic || mic.muted ? icons.micOff : icons.mic, `icon${!mic || mic.muted ? ' off' : ''}`),
             icon(!cam || cam.muted ? icons.cameraOff : icons.camera, `icon${!cam || cam.muted ? ' off' : ''}`)),
         );

@@ -1,0 +1,586 @@
+//! The signalling node's shared state and the operations sessions, WHIP/WHEP and SFU events
+//! perform on it. Room state changes happen under one short mutex; SFU calls are awaited
+//! outside it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use prometheus::Registry;
+use rand::Rng;
+use ting_protocol::{
+    ErrorCode, LeaveReason, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PublishedTrack, Role,
+    RoomId, ServerMessage, Subscription, TrackId, TrackInfo, TrackKind, TrackSource,
+};
+use ting_sfu::{PublishRequest, SfuError, SfuEvent, SfuHandle, ShardError, SubscribeRequest};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
+
+use crate::metrics::SignallingMetrics;
+use crate::rooms::{Follower, Member, Outbox, Rooms};
+use crate::token::{Claims, TokenKeys};
+
+#[derive(Debug, Clone)]
+pub struct SignallingConfig {
+    /// Let the landing page mint tokens for any room name.
+    pub quick_start: bool,
+    /// How long a participant whose socket dropped is kept for a resume.
+    pub resume_grace: Duration,
+    /// How long a new socket may take to send `join`.
+    pub join_timeout: Duration,
+    /// Lifetime of quick-start tokens.
+    pub quick_start_ttl: Duration,
+}
+
+impl Default for SignallingConfig {
+    fn default() -> Self {
+        Self {
+            quick_start: true,
+            resume_grace: Duration::from_secs(30),
+            join_timeout: Duration::from_secs(10),
+            quick_start_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+/// An error a client can act on: a protocol code and a message to show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HubError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl HubError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ShardError> for HubError {
+    fn from(e: ShardError) -> Self {
+        let code = match &e {
+            ShardError::Stopped => ErrorCode::Unavailable,
+            ShardError::Sfu(SfuError::InvalidSdp(_)) => ErrorCode::InvalidSdp,
+            ShardError::Sfu(SfuError::UnknownTrack(_)) => ErrorCode::UnknownTrack,
+            ShardError::Sfu(SfuError::UnknownParticipant) => ErrorCode::NotJoined,
+            ShardError::Sfu(SfuError::DuplicateParticipant) => ErrorCode::AlreadyJoined,
+            ShardError::Sfu(SfuError::InvalidSubscription(_) | SfuError::InvalidCandidate(_)) => {
+                ErrorCode::BadMessage
+            }
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+/// Cheaply cloneable handle to the node's signalling state.
+#[derive(Clone)]
+pub struct Hub(Arc<Inner>);
+
+struct Inner {
+    config: SignallingConfig,
+    keys: TokenKeys,
+    sfu: SfuHandle,
+    rooms: Mutex<Rooms>,
+    registry: Registry,
+    metrics: SignallingMetrics,
+    next_participant: AtomicU64,
+    next_track: AtomicU64,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+}
+
+impl Hub {
+    pub fn new(
+        config: SignallingConfig,
+        keys: TokenKeys,
+        sfu: SfuHandle,
+        registry: Registry,
+    ) -> prometheus::Result<Self> {
+        let metrics = SignallingMetrics::new(&registry)?;
+        Ok(Self(Arc::new(Inner {
+            config,
+            keys,
+            sfu,
+            rooms: Mutex::new(Rooms::default()),
+            registry,
+            metrics,
+            next_participant: AtomicU64::new(1),
+            next_track: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+        })))
+    }
+
+    pub fn config(&self) -> &SignallingConfig {
+        &self.0.config
+    }
+
+    pub fn keys(&self) -> &TokenKeys {
+        &self.0.keys
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    pub fn metrics(&self) -> &SignallingMetrics {
+        &self.0.metrics
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.0.shutdown
+    }
+
+    pub fn sessions(&self) -> &TaskTracker {
+        &self.0.sessions
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, Rooms> {
+        // A panic while holding the lock would be a bug elsewhere; the state itself stays
+        // consistent because every update is a single insert/remove.
+        self.0
+            .rooms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn update_gauges(&self, rooms: &Rooms) {
+        self.0.metrics.rooms.set(rooms.room_count() as i64);
+        self.0
+            .metrics
+            .participants
+            .set(rooms.participant_count() as i64);
+    }
+
+    /// Adds a participant to its room and creates its media connection. `outbox` is `None` for
+    /// WHIP/WHEP sessions, which have no socket.
+    pub async fn join(
+        &self,
+        claims: &Claims,
+        hidden: bool,
+        outbox: Option<Outbox>,
+    ) -> Result<(ParticipantId, u64), HubError> {
+        if self.0.shutdown.is_cancelled() {
+            return Err(HubError::new(
+                ErrorCode::Unavailable,
+                "the server is shutting down",
+            ));
+        }
+        let id = ParticipantId(self.0.next_participant.fetch_add(1, Ordering::Relaxed));
+        self.0.sfu.add_peer(claims.room.clone(), id).await?;
+        let info = ParticipantInfo {
+            id,
+            identity: claims.sub.clone(),
+            name: claims.name.clone(),
+            role: claims.role,
+            tracks: Vec::new(),
+        };
+        let mut rooms = self.rooms();
+        rooms.add(
+            claims.room.clone(),
+            Member::new(info, hidden, random_token()),
+        );
+        let generation = match outbox {
+            Some(outbox) => {
+                let generation = rooms.attach(id, outbox).unwrap_or_default();
+                self.send_joined(&rooms, id, false);
+                generation
+            }
+            None => 0,
+        };
+        self.update_gauges(&rooms);
+        info!(room = %claims.room, participant = %id, "joined");
+        Ok((id, generation))
+    }
+
+    /// Re-attaches a socket to a participant whose earlier socket dropped.
+    pub fn resume(
+        &self,
+        resume_token: &str,
+        claims: &Claims,
+        outbox: Outbox,
+    ) -> Result<(ParticipantId, u64), HubError> {
+        let mut rooms = self.rooms();
+        let failed = || {
+            HubError::new(
+                ErrorCode::ResumeFailed,
+                "that session has ended; join again",
+            )
+        };
+        let id = rooms.by_resume_token(resume_token).ok_or_else(failed)?;
+        let same_user = rooms
+            .member(id)
+            .is_some_and(|m| m.info.identity == claims.sub)
+            && rooms.room_of(id) == Some(&claims.room);
+        if !same_user {
+            return Err(failed());
+        }
+        let generation = rooms.attach(id, outbox).ok_or_else(failed)?;
+        self.send_joined(&rooms, id, true);
+        info!(participant = %id, "resumed");
+        Ok((id, generation))
+    }
+
+    /// Queues `joined` for a member that was just added or attached.
+    fn send_joined(&self, rooms: &Rooms, id: ParticipantId, resumed: bool) {
+        let Some(room_id) = rooms.room_of(id) else {
+            return;
+        };
+        let (Some(room), Some(member)) = (rooms.room(room_id), rooms.member(id)) else {
+            return;
+        };
+        let joined = ServerMessage::Joined {
+            version: PROTOCOL_VERSION,
+            room: room_id.clone(),
+            participant: member.info.clone(),
+            resumed,
+            resume_token: member.resume_token.clone(),
+            resume_grace_secs: self.0.config.resume_grace.as_secs() as u32,
+            participants: room.roster(Some(id)),
+            active_speaker: room.active_speaker,
+        };
+        rooms.send_to(id, joined);
+    }
+
+    /// The socket of `participant` went away without `leave`: keep the participant for the grace
+    /// period, then remove it unless a socket came back.
+    pub fn socket_lost(&self, participant: ParticipantId, generation: u64) {
+        if !self.rooms().detach(participant, generation) {
+            return;
+        }
+        debug!(participant = %participant, "socket lost; waiting for a resume");
+        let hub = self.clone();
+        let grace = self.0.config.resume_grace;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let expired = hub.rooms().still_detached(participant, generation);
+            if expired {
+                hub.leave(participant, LeaveReason::Disconnected);
+            }
+        });
+    }
+
+    /// Removes a participant (telling the room) and its media.
+    pub fn leave(&self, participant: ParticipantId, reason: LeaveReason) {
+        let removed = {
+            let mut rooms = self.rooms();
+            let removed = rooms.remove(participant, reason);
+            self.update_gauges(&rooms);
+            removed
+        };
+        self.0.sfu.remove_peer(participant);
+        if let Some((room, _)) = removed {
+            info!(room = %room, participant = %participant, ?reason, "left");
+            self.refresh_followers(&room);
+        }
+    }
+
+    /// Applies an SDP offer; `tracks` is the full list of what the participant publishes.
+    pub async fn offer(
+        &self,
+        participant: ParticipantId,
+        sdp: String,
+        tracks: Vec<PublishedTrack>,
+    ) -> Result<ServerMessage, HubError> {
+        let (role, existing) = {
+            let rooms = self.rooms();
+            let member = rooms.member(participant).ok_or_else(not_joined)?;
+            (member.info.role, member.info.tracks.clone())
+        };
+        if !tracks.is_empty() && !may_publish(role) {
+            return Err(HubError::new(
+                ErrorCode::NotAllowed,
+                format!("the role {role:?} may not publish; ask a moderator"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = tracks.iter().find(|t| !seen.insert(&t.mid)) {
+            return Err(HubError::new(
+                ErrorCode::BadMessage,
+                format!("m-line {} listed twice", dup.mid),
+            ));
+        }
+        let mut next: Vec<TrackInfo> = tracks
+            .iter()
+            .map(|t| {
+                let kept = existing
+                    .iter()
+                    .find(|e| e.mid == t.mid && e.source == t.source);
+                TrackInfo {
+                    id: kept.map(|e| e.id).unwrap_or_else(|| self.new_track_id()),
+                    participant_id: participant,
+                    mid: t.mid.clone(),
+                    kind: t.source.kind(),
+                    source: t.source,
+                    muted: kept.map(|e| e.muted).unwrap_or(t.muted),
+                }
+            })
+            .collect();
+        let publish = next
+            .iter()
+            .map(|t| PublishRequest {
+                mid: t.mid.clone(),
+                track_id: t.id,
+                kind: t.kind,
+                muted: t.muted,
+            })
+            .collect();
+        let answer = self.0.sfu.offer(participant, sdp, publish).await?;
+        next.retain(|t| !answer.rejected_tracks.iter().any(|(mid, _)| *mid == t.mid));
+
+        let room = {
+            let mut rooms = self.rooms();
+            let room = rooms.room_of(participant).cloned().ok_or_else(not_joined)?;
+            let member = rooms.member_mut(participant).ok_or_else(not_joined)?;
+            let old = std::mem::replace(&mut member.info.tracks, next.clone());
+            let hidden = member.hidden;
+            if let Some(r) = rooms.room(&room).filter(|_| !hidden) {
+                for gone in old.iter().filter(|o| !next.iter().any(|n| n.id == o.id)) {
+                    r.broadcast(
+                        &ServerMessage::TrackUnpublished {
+                            track_id: gone.id,
+                            participant_id: participant,
+                        },
+                        Some(participant),
+                    );
+                }
+                for new in next.iter().filter(|n| !old.iter().any(|o| o.id == n.id)) {
+                    r.broadcast(
+                        &ServerMessage::TrackPublished { track: new.clone() },
+                        Some(participant),
+                    );
+                }
+            }
+            room
+        };
+        self.refresh_followers(&room);
+        if let Some((mid, why)) = answer.rejected_tracks.first() {
+            // The answer still applies; the client learns which declared track was ignored.
+            let rooms = self.rooms();
+            rooms.send_to(
+                participant,
+                ServerMessage::Error {
+                    code: ErrorCode::BadMessage,
+                    message: format!("track on m-line {mid} not published: {why}"),
+                },
+            );
+        }
+        Ok(ServerMessage::Answer {
+            sdp: answer.sdp,
+            tracks: next,
+        })
+    }
+
+    pub async fn subscribe(
+        &self,
+        participant: ParticipantId,
+        subscriptions: Vec<Subscription>,
+    ) -> Result<(), HubError> {
+        {
+            let rooms = self.rooms();
+            let room_id = rooms.room_of(participant).ok_or_else(not_joined)?;
+            let room = rooms.room(room_id).ok_or_else(not_joined)?;
+            if let Some(unknown) = subscriptions
+                .iter()
+                .find(|s| room.track(s.track_id).is_none())
+            {
+                return Err(HubError::new(
+                    ErrorCode::UnknownTrack,
+                    format!("no track {} in this room", unknown.track_id.0),
+                ));
+            }
+        }
+        let requests = subscriptions
+            .into_iter()
+            .map(|s| SubscribeRequest {
+                track_id: s.track_id,
+                mid: s.mid,
+                max_height: s.max_height,
+            })
+            .collect();
+        Ok(self.0.sfu.subscribe(participant, requests).await?)
+    }
+
+    pub fn mute(
+        &self,
+        participant: ParticipantId,
+        track: TrackId,
+        muted: bool,
+    ) -> Result<(), HubError> {
+        let mut rooms = self.rooms();
+        let room = rooms.room_of(participant).cloned().ok_or_else(not_joined)?;
+        let member = rooms.member_mut(participant).ok_or_else(not_joined)?;
+        let info = member
+            .info
+            .tracks
+            .iter_mut()
+            .find(|t| t.id == track)
+            .ok_or_else(|| HubError::new(ErrorCode::UnknownTrack, "you have no such track"))?;
+        info.muted = muted;
+        let update = ServerMessage::TrackUpdated {
+            track: info.clone(),
+        };
+        self.0.sfu.set_muted(track, muted);
+        if let Some(r) = rooms.room(&room) {
+            r.broadcast(&update, None);
+        }
+        Ok(())
+    }
+
+    pub async fn add_candidate(
+        &self,
+        participant: ParticipantId,
+        candidate: String,
+    ) -> Result<(), HubError> {
+        if candidate.trim().is_empty() {
+            // End of candidates: nothing to do.
+            return Ok(());
+        }
+        Ok(self.0.sfu.add_candidate(participant, candidate).await?)
+    }
+
+    /// Reacts to the media plane.
+    pub fn on_sfu_event(&self, event: SfuEvent) {
+        match event {
+            SfuEvent::Connected { participant } => {
+                debug!(participant = %participant, "media connected")
+            }
+            SfuEvent::Closed { participant } => self.leave(participant, LeaveReason::MediaFailed),
+            SfuEvent::ActiveSpeaker { room, participant } => {
+                {
+                    let mut rooms = self.rooms();
+                    let Some(r) = rooms.room_mut(&room) else {
+                        return;
+                    };
+                    r.active_speaker = participant;
+                    r.broadcast(
+                        &ServerMessage::ActiveSpeaker {
+                            participant_id: participant,
+                        },
+                        None,
+                    );
+                }
+                self.refresh_followers(&room);
+            }
+        }
+    }
+
+    /// Adds a WHEP player that follows `target_identity` (or the active speaker).
+    pub fn add_follower(&self, room: &RoomId, follower: Follower) {
+        if let Some(r) = self.rooms().room_mut(room) {
+            r.followers.push(follower);
+        }
+        self.refresh_followers(room);
+    }
+
+    /// Points every WHEP player of the room at what it should show now.
+    fn refresh_followers(&self, room: &RoomId) {
+        let plans: Vec<(ParticipantId, Vec<SubscribeRequest>)> = {
+            let rooms = self.rooms();
+            let Some(r) = rooms.room(room) else {
+                return;
+            };
+            r.followers
+                .iter()
+                .map(|f| {
+                    let visible = |m: &&Member| !m.hidden && !m.info.tracks.is_empty();
+                    let target = match &f.target_identity {
+                        Some(identity) => r
+                            .members
+                            .values()
+                            .filter(visible)
+                            .find(|m| &m.info.identity == identity),
+                        None => r
+                            .active_speaker
+                            .and_then(|s| r.members.get(&s))
+                            .filter(visible)
+                            .or_else(|| r.members.values().find(visible)),
+                    };
+                    let mut subs = Vec::new();
+                    if let Some(target) = target {
+                        let pick = |kind: TrackKind, preferred: TrackSource| {
+                            let of_kind =
+                                || target.info.tracks.iter().filter(move |t| t.kind == kind);
+                            of_kind()
+                                .find(|t| t.source == preferred)
+                                .or_else(|| of_kind().next())
+                        };
+                        if let (Some(mid), Some(t)) = (
+                            &f.audio_mid,
+                            pick(TrackKind::Audio, TrackSource::Microphone),
+                        ) {
+                            subs.push(SubscribeRequest {
+                                track_id: t.id,
+                                mid: mid.clone(),
+                                max_height: None,
+                            });
+                        }
+                        if let (Some(mid), Some(t)) =
+                            (&f.video_mid, pick(TrackKind::Video, TrackSource::Screen))
+                        {
+                            subs.push(SubscribeRequest {
+                                track_id: t.id,
+                                mid: mid.clone(),
+                                max_height: None,
+                            });
+                        }
+                    }
+                    (f.participant, subs)
+                })
+                .collect()
+        };
+        for (participant, subs) in plans {
+            let sfu = self.0.sfu.clone();
+            tokio::spawn(async move {
+                if let Err(e) = sfu.subscribe(participant, subs).await {
+                    debug!(participant = %participant, "follower subscription: {e}");
+                }
+            });
+        }
+    }
+
+    /// Tells every client the server is going away and stops accepting joins.
+    pub fn shutdown(&self) {
+        let outboxes = self.rooms().all_outboxes();
+        for outbox in outboxes {
+            let _ = outbox.send(ServerMessage::Bye {
+                reason: LeaveReason::ServerShutdown,
+            });
+        }
+        self.0.shutdown.cancel();
+        let participants = self.rooms().all_participants();
+        for participant in participants {
+            self.0.sfu.remove_peer(participant);
+        }
+    }
+
+    /// Identity of a participant, for WHIP/WHEP session ownership checks.
+    pub fn identity_of(&self, participant: ParticipantId) -> Option<String> {
+        self.rooms()
+            .member(participant)
+            .map(|m| m.info.identity.clone())
+    }
+
+    fn new_track_id(&self) -> TrackId {
+        TrackId(self.0.next_track.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+fn may_publish(role: Role) -> bool {
+    role.may_publish()
+}
+
+fn not_joined() -> HubError {
+    HubError::new(ErrorCode::NotJoined, "this session is not in a room")
+}
+
+/// 128 random bits, hex encoded.
+pub fn random_token() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,55 @@
+//! Ting's signalling service: HTTP + WebSocket (axum) for join tokens, rooms and rosters, SDP
+//! exchange, WHIP/WHEP, metrics and the web client.
+//!
+//! It decides who is in which room and what they may do; the media plane (`ting-sfu`) moves
+//! the packets. Services are constructed with [`app`], not started: the caller binds the
+//! listener and passes a shutdown future to [`serve`]. Invariant: room state is only changed
+//! under the hub's mutex, and no lock is held across an await.
+
+mod http;
+mod hub;
+mod metrics;
+mod rooms;
+pub mod sdp_summary;
+mod session;
+pub mod token;
+mod whip;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use http::app;
+pub use hub::{Hub, HubError, SignallingConfig};
+pub use metrics::SignallingMetrics;
+use ting_sfu::SfuEvent;
+pub use token::{Claims, TokenError, TokenKeys};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// How long shutdown waits for sockets to say goodbye.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` completes, then tells every client and drains the sockets.
+pub async fn serve(
+    listener: TcpListener,
+    hub: Hub,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let drain = hub.clone();
+    axum::serve(listener, app(hub.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            drain.shutdown();
+        })
+        .await?;
+    hub.sessions().close();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, hub.sessions().wait()).await;
+    Ok(())
+}
+
+/// Feeds the media plane's events to the hub until the shard stops.
+pub async fn pump_sfu_events(hub: Hub, mut events: mpsc::UnboundedReceiver<SfuEvent>) {
+    while let Some(event) = events.recv().await {
+        hub.on_sfu_event(event);
+    }
+}

@@ -1,0 +1,311 @@
+//! In-memory room state of one signalling node: who is in which room, their tracks, and the
+//! outbox of each connected participant. Broadcasts are deltas sent to outboxes; nothing here
+//! blocks or awaits, so the state sits behind a plain mutex.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ting_protocol::{
+    LeaveReason, ParticipantId, ParticipantInfo, RoomId, ServerMessage, TrackId, TrackInfo,
+};
+use tokio::sync::mpsc;
+
+pub type Outbox = mpsc::UnboundedSender<ServerMessage>;
+
+#[derive(Debug)]
+pub struct Member {
+    pub info: ParticipantInfo,
+    /// Hidden members (WHEP players) are not in the roster and get no broadcasts.
+    pub hidden: bool,
+    pub resume_token: String,
+    outbox: Option<Outbox>,
+    /// Incremented on every (re)attached socket, so a stale socket's cleanup does not detach a
+    /// newer one.
+    generation: u64,
+}
+
+impl Member {
+    pub fn new(info: ParticipantInfo, hidden: bool, resume_token: String) -> Self {
+        Self {
+            info,
+            hidden,
+            resume_token,
+            outbox: None,
+            generation: 0,
+        }
+    }
+}
+
+/// A WHEP player following the room's active speaker or one named participant.
+#[derive(Debug, Clone)]
+pub struct Follower {
+    pub participant: ParticipantId,
+    /// Identity to follow; `None` follows the active speaker.
+    pub target_identity: Option<String>,
+    pub audio_mid: Option<String>,
+    pub video_mid: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Room {
+    pub members: BTreeMap<ParticipantId, Member>,
+    pub active_speaker: Option<ParticipantId>,
+    pub followers: Vec<Follower>,
+}
+
+impl Room {
+    /// The roster as others see it.
+    pub fn roster(&self, except: Option<ParticipantId>) -> Vec<ParticipantInfo> {
+        self.members
+            .values()
+            .filter(|m| !m.hidden && Some(m.info.id) != except)
+            .map(|m| m.info.clone())
+            .collect()
+    }
+
+    pub fn broadcast(&self, message: &ServerMessage, except: Option<ParticipantId>) {
+        for member in self.members.values() {
+            if Some(member.info.id) == except {
+                continue;
+            }
+            if let Some(outbox) = &member.outbox {
+                // A closed outbox means the socket is going away; its cleanup handles the rest.
+                let _ = outbox.send(message.clone());
+            }
+        }
+    }
+
+    pub fn track(&self, track: TrackId) -> Option<&TrackInfo> {
+        self.members
+            .values()
+            .flat_map(|m| &m.info.tracks)
+            .find(|t| t.id == track)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Rooms {
+    rooms: HashMap<RoomId, Room>,
+    index: HashMap<ParticipantId, RoomId>,
+    by_resume_token: HashMap<String, ParticipantId>,
+}
+
+impl Rooms {
+    pub fn room(&self, room: &RoomId) -> Option<&Room> {
+        self.rooms.get(room)
+    }
+
+    pub fn room_mut(&mut self, room: &RoomId) -> Option<&mut Room> {
+        self.rooms.get_mut(room)
+    }
+
+    pub fn room_of(&self, participant: ParticipantId) -> Option<&RoomId> {
+        self.index.get(&participant)
+    }
+
+    pub fn member(&self, participant: ParticipantId) -> Option<&Member> {
+        let room = self.index.get(&participant)?;
+        self.rooms.get(room)?.members.get(&participant)
+    }
+
+    pub fn member_mut(&mut self, participant: ParticipantId) -> Option<&mut Member> {
+        let room = self.index.get(&participant)?;
+        self.rooms.get_mut(room)?.members.get_mut(&participant)
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn by_resume_token(&self, token: &str) -> Option<ParticipantId> {
+        self.by_resume_token.get(token).copied()
+    }
+
+    /// Adds a member and tells the room.
+    pub fn add(&mut self, room: RoomId, member: Member) {
+        let id = member.info.id;
+        let entry = self.rooms.entry(room.clone()).or_default();
+        if !member.hidden {
+            entry.broadcast(
+                &ServerMessage::ParticipantJoined {
+                    participant: member.info.clone(),
+                },
+                None,
+            );
+        }
+        self.by_resume_token.insert(member.resume_token.clone(), id);
+        entry.members.insert(id, member);
+        self.index.insert(id, room);
+    }
+
+    /// Removes a member and tells the room (and the member itself, with `bye`).
+    pub fn remove(
+        &mut self,
+        participant: ParticipantId,
+        reason: LeaveReason,
+    ) -> Option<(RoomId, Member)> {
+        let room_id = self.index.remove(&participant)?;
+        let room = self.rooms.get_mut(&room_id)?;
+        let member = room.members.remove(&participant)?;
+        self.by_resume_token.remove(&member.resume_token);
+        room.followers.retain(|f| f.participant != participant);
+        if room.active_speaker == Some(participant) {
+            room.active_speaker = None;
+        }
+        if let Some(outbox) = &member.outbox {
+            let _ = outbox.send(ServerMessage::Bye { reason });
+        }
+        if !member.hidden {
+            room.broadcast(
+                &ServerMessage::ParticipantLeft {
+                    participant_id: participant,
+                    reason,
+                },
+                None,
+            );
+        }
+        if room.members.is_empty() {
+            self.rooms.remove(&room_id);
+        }
+        Some((room_id, member))
+    }
+
+    /// Connects a socket's outbox to a member, replacing (and saying `bye` to) an older one.
+    /// Returns the new generation.
+    pub fn attach(&mut self, participant: ParticipantId, outbox: Outbox) -> Option<u64> {
+        let member = self.member_mut(participant)?;
+        if let Some(old) = member.outbox.replace(outbox) {
+            let _ = old.send(ServerMessage::Bye {
+                reason: LeaveReason::Replaced,
+            });
+        }
+        member.generation += 1;
+        Some(member.generation)
+    }
+
+    /// Disconnects a socket, unless a newer one took over. Returns whether it detached.
+    pub fn detach(&mut self, participant: ParticipantId, generation: u64) -> bool {
+        match self.member_mut(participant) {
+            Some(m) if m.generation == generation => {
+                m.outbox = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the member is still detached since `generation` (no socket came back).
+    pub fn still_detached(&self, participant: ParticipantId, generation: u64) -> bool {
+        self.member(participant)
+            .is_some_and(|m| m.generation == generation && m.outbox.is_none())
+    }
+
+    pub fn send_to(&self, participant: ParticipantId, message: ServerMessage) {
+        if let Some(outbox) = self.member(participant).and_then(|m| m.outbox.as_ref()) {
+            let _ = outbox.send(message);
+        }
+    }
+
+    /// Every connected outbox, for shutdown.
+    pub fn all_outboxes(&self) -> Vec<Outbox> {
+        self.rooms
+            .values()
+            .flat_map(|r| r.members.values())
+            .filter_map(|m| m.outbox.clone())
+            .collect()
+    }
+
+    pub fn all_participants(&self) -> Vec<ParticipantId> {
+        self.index.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ting_protocol::Role;
+
+    fn info(id: u64) -> ParticipantInfo {
+        ParticipantInfo {
+            id: ParticipantId(id),
+            identity: format!("user{id}"),
+            name: format!("User {id}"),
+            role: Role::Speaker,
+            tracks: vec![],
+        }
+    }
+
+    fn room() -> RoomId {
+        RoomId::new("r").unwrap_or_else(|_| unreachable!())
+    }
+
+    #[test]
+    fn joins_and_leaves_are_broadcast_as_deltas() {
+        let mut rooms = Rooms::default();
+        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        rooms.add(room(), Member::new(info(1), false, "t1".into()));
+        rooms.attach(ParticipantId(1), tx1);
+        rooms.add(room(), Member::new(info(2), false, "t2".into()));
+        assert!(
+            matches!(rx1.try_recv(), Ok(ServerMessage::ParticipantJoined { participant }) if participant.id == ParticipantId(2))
+        );
+        rooms.remove(ParticipantId(2), LeaveReason::Left);
+        assert!(matches!(
+            rx1.try_recv(),
+            Ok(ServerMessage::ParticipantLeft {
+                participant_id: ParticipantId(2),
+                ..
+            })
+        ));
+        assert!(rx1.try_recv().is_err(), "nothing else is sent");
+        assert_eq!(rooms.participant_count(), 1);
+    }
+
+    #[test]
+    fn hidden_members_are_not_announced_or_listed() {
+        let mut rooms = Rooms::default();
+        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        rooms.add(room(), Member::new(info(1), false, "t1".into()));
+        rooms.attach(ParticipantId(1), tx1);
+        rooms.add(room(), Member::new(info(2), true, "t2".into()));
+        assert!(rx1.try_recv().is_err());
+        assert_eq!(rooms.room(&room()).map(|r| r.roster(None).len()), Some(1));
+        rooms.remove(ParticipantId(2), LeaveReason::Left);
+        assert!(rx1.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_newer_socket_replaces_the_old_one() {
+        let mut rooms = Rooms::default();
+        rooms.add(room(), Member::new(info(1), false, "t1".into()));
+        let (old_tx, mut old_rx) = mpsc::unbounded_channel();
+        let (new_tx, _new_rx) = mpsc::unbounded_channel();
+        let first = rooms.attach(ParticipantId(1), old_tx).unwrap_or_default();
+        let second = rooms.attach(ParticipantId(1), new_tx).unwrap_or_default();
+        assert!(matches!(
+            old_rx.try_recv(),
+            Ok(ServerMessage::Bye {
+                reason: LeaveReason::Replaced
+            })
+        ));
+        assert!(
+            !rooms.detach(ParticipantId(1), first),
+            "the stale socket cannot detach the new one"
+        );
+        assert!(rooms.detach(ParticipantId(1), second));
+        assert!(rooms.still_detached(ParticipantId(1), second));
+    }
+
+    #[test]
+    fn the_last_member_leaving_removes_the_room() {
+        let mut rooms = Rooms::default();
+        rooms.add(room(), Member::new(info(1), false, "t1".into()));
+        assert_eq!(rooms.room_count(), 1);
+        rooms.remove(ParticipantId(1), LeaveReason::Left);
+        assert_eq!(rooms.room_count(), 0);
+        assert_eq!(rooms.by_resume_token("t1"), None);
+    }
+}

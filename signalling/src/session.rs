@@ -1,0 +1,321 @@
+//! One participant's WebSocket: waits for `join`, then relays client messages to the hub and
+//! the participant's outbox to the socket. Written against `Stream`/`Sink` of axum messages.
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use ting_protocol::{
+    ClientMessage, ErrorCode, LeaveReason, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ParticipantId,
+    ServerMessage,
+};
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info_span};
+
+use crate::hub::{Hub, HubError};
+
+/// Close codes (4000–4999 are for applications).
+const CLOSE_PROTOCOL: u16 = 4000;
+const CLOSE_TOKEN: u16 = 4001;
+
+const CLIENT_TYPES: [&str; 7] = [
+    "join",
+    "offer",
+    "candidate",
+    "subscribe",
+    "mute",
+    "leave",
+    "ping",
+];
+
+type WsError = axum::Error;
+
+/// Runs a socket to its end.
+pub async fn run<S>(hub: Hub, socket: S)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
+{
+    let (sink, stream) = socket.split();
+    let mut conn = Connection {
+        hub: hub.clone(),
+        sink,
+        stream,
+    };
+    let joined = tokio::select! {
+        joined = tokio::time::timeout(hub.config().join_timeout, conn.await_join()) => joined,
+        _ = hub.shutdown_token().cancelled() => {
+            conn.send(&ServerMessage::Bye { reason: LeaveReason::ServerShutdown }).await;
+            conn.close(1001, "server shutting down").await;
+            return;
+        }
+    };
+    let Ok(Some((participant, generation, outbox))) = joined else {
+        conn.close(CLOSE_PROTOCOL, "no join").await;
+        return;
+    };
+    let span = info_span!("session", participant = %participant);
+    conn.serve(participant, generation, outbox)
+        .instrument(span)
+        .await;
+}
+
+struct Connection<Tx, Rx> {
+    hub: Hub,
+    sink: Tx,
+    stream: Rx,
+}
+
+enum Incoming {
+    Message(ClientMessage),
+    Invalid(HubError),
+    Gone,
+}
+
+impl<Tx, Rx> Connection<Tx, Rx>
+where
+    Tx: Sink<Message, Error = WsError> + Unpin,
+    Rx: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    async fn send(&mut self, message: &ServerMessage) -> bool {
+        if let ServerMessage::Error { code, .. } = message {
+            let code = serde_json::to_value(code).ok();
+            let code = code.as_ref().and_then(|c| c.as_str()).unwrap_or("unknown");
+            self.hub.metrics().errors.with_label_values(&[code]).inc();
+        }
+        self.hub
+            .metrics()
+            .messages
+            .with_label_values(&["out"])
+            .inc();
+        match serde_json::to_string(message) {
+            Ok(json) => self.sink.send(Message::Text(json.into())).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    async fn send_error(&mut self, error: HubError) -> bool {
+        debug!(code = ?error.code, "client error: {}", error.message);
+        self.send(&ServerMessage::Error {
+            code: error.code,
+            message: error.message,
+        })
+        .await
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = self.sink.send(Message::Close(Some(frame))).await;
+    }
+
+    async fn next(&mut self) -> Incoming {
+        loop {
+            let message = match self.stream.next().await {
+                None | Some(Err(_)) => return Incoming::Gone,
+                Some(Ok(m)) => m,
+            };
+            self.hub.metrics().messages.with_label_values(&["in"]).inc();
+            return match message {
+                Message::Text(text) => match parse(&text) {
+                    Ok(m) => Incoming::Message(m),
+                    Err(e) => Incoming::Invalid(e),
+                },
+                Message::Binary(_) => Incoming::Invalid(HubError::new(
+                    ErrorCode::BadMessage,
+                    "binary frames are not part of the protocol; send JSON text",
+                )),
+                Message::Close(_) => Incoming::Gone,
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+        }
+    }
+
+    /// Waits for a valid `join`; other messages get `not_joined`. Token problems end the socket.
+    async fn await_join(
+        &mut self,
+    ) -> Option<(ParticipantId, u64, mpsc::UnboundedReceiver<ServerMessage>)> {
+        loop {
+            let (version, token, resume) = match self.next().await {
+                Incoming::Gone => return None,
+                Incoming::Invalid(e) => {
+                    self.send_error(e).await;
+                    continue;
+                }
+                Incoming::Message(ClientMessage::Join {
+                    version,
+                    token,
+                    resume,
+                }) => (version, token, resume),
+                Incoming::Message(_) => {
+                    self.send_error(HubError::new(ErrorCode::NotJoined, "send join first"))
+                        .await;
+                    continue;
+                }
+            };
+            if version != PROTOCOL_VERSION {
+                let message = format!("this server speaks protocol version {PROTOCOL_VERSION}");
+                self.send_error(HubError::new(ErrorCode::UnsupportedVersion, message))
+                    .await;
+                self.close(CLOSE_PROTOCOL, "unsupported version").await;
+                return None;
+            }
+            let claims = match self.hub.keys().verify(&token, None) {
+                Ok(claims) => claims,
+                Err(e) => {
+                    self.send_error(HubError::new(e.code(), e.to_string()))
+                        .await;
+                    self.close(CLOSE_TOKEN, "token rejected").await;
+                    return None;
+                }
+            };
+            let (outbox, outbox_rx) = mpsc::unbounded_channel();
+            let attached = match resume {
+                Some(resume) => self.hub.resume(&resume, &claims, outbox),
+                None => self.hub.join(&claims, false, Some(outbox)).await,
+            };
+            match attached {
+                Ok((participant, generation)) => return Some((participant, generation, outbox_rx)),
+                Err(e) => {
+                    self.send_error(e).await;
+                    self.close(CLOSE_PROTOCOL, "join failed").await;
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        participant: ParticipantId,
+        generation: u64,
+        mut outbox: mpsc::UnboundedReceiver<ServerMessage>,
+    ) {
+        loop {
+            tokio::select! {
+                out = outbox.recv() => {
+                    let Some(message) = out else {
+                        return;
+                    };
+                    let bye = matches!(message, ServerMessage::Bye { .. });
+                    let delivered = self.send(&message).await;
+                    if bye {
+                        // The participant has left or moved to a newer socket: nothing to keep.
+                        self.close(1000, "bye").await;
+                        return;
+                    }
+                    if !delivered {
+                        self.hub.socket_lost(participant, generation);
+                        return;
+                    }
+                }
+                incoming = self.next() => match incoming {
+                    Incoming::Gone => {
+                        self.hub.socket_lost(participant, generation);
+                        return;
+                    }
+                    Incoming::Invalid(e) => {
+                        self.send_error(e).await;
+                    }
+                    Incoming::Message(message) => {
+                        if let Err(e) = self.handle(participant, message).await {
+                            self.send_error(e).await;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        participant: ParticipantId,
+        message: ClientMessage,
+    ) -> Result<(), HubError> {
+        match message {
+            ClientMessage::Join { .. } => Err(HubError::new(
+                ErrorCode::AlreadyJoined,
+                "this socket has already joined",
+            )),
+            ClientMessage::Offer { sdp, tracks } => {
+                let answer = self.hub.offer(participant, sdp, tracks).await?;
+                self.send(&answer).await;
+                Ok(())
+            }
+            ClientMessage::Candidate { candidate, .. } => {
+                self.hub.add_candidate(participant, candidate).await
+            }
+            ClientMessage::Subscribe { subscriptions } => {
+                self.hub.subscribe(participant, subscriptions).await
+            }
+            ClientMessage::Mute { track_id, muted } => self.hub.mute(participant, track_id, muted),
+            ClientMessage::Leave {} => {
+                // `bye` arrives through the outbox and ends the loop.
+                self.hub.leave(participant, LeaveReason::Left);
+                Ok(())
+            }
+            ClientMessage::Ping { nonce } => {
+                self.send(&ServerMessage::Pong { nonce }).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Parses a text frame, telling apart too large, not JSON, unknown type and wrong fields.
+fn parse(text: &str) -> Result<ClientMessage, HubError> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(HubError::new(
+            ErrorCode::MessageTooLarge,
+            format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| HubError::new(ErrorCode::BadMessage, format!("not valid JSON: {e}")))?;
+    let Some(kind) = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+    else {
+        return Err(HubError::new(
+            ErrorCode::BadMessage,
+            "a message is an object with a \"type\"",
+        ));
+    };
+    if !CLIENT_TYPES.contains(&kind.as_str()) {
+        return Err(HubError::new(
+            ErrorCode::UnknownMessage,
+            format!("unknown message type \"{kind}\""),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        HubError::new(
+            ErrorCode::BadMessage,
+            format!("invalid {kind} message: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_tells_error_kinds_apart() {
+        let code = |t: &str| parse(t).err().map(|e| e.code);
+        assert_eq!(code("{"), Some(ErrorCode::BadMessage));
+        assert_eq!(code("[1,2]"), Some(ErrorCode::BadMessage));
+        assert_eq!(
+            code(r#"{"type":"teleport"}"#),
+            Some(ErrorCode::UnknownMessage)
+        );
+        assert_eq!(
+            code(r#"{"type":"mute","track_id":"x"}"#),
+            Some(ErrorCode::BadMessage)
+        );
+        assert_eq!(
+            code(&"x".repeat(MAX_MESSAGE_BYTES + 1)),
+            Some(ErrorCode::MessageTooLarge)
+        );
+        assert_eq!(code(r#"{"type":"ping","nonce":3}"#), None);
+    }
+}

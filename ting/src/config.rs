@@ -1,0 +1,232 @@
+//! Configuration of `ting serve`: command-line flags and environment variables override an
+//! optional TOML file, which overrides the built-in defaults.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+pub const DEFAULT_UDP_PORT: u16 = 7882;
+
+/// Flags shared by commands that need the token secret.
+#[derive(Debug, Clone, Args, Default)]
+pub struct CommonArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "TING_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for Ting's data (token secret, later chat and files).
+    #[arg(long, env = "TING_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Secret that signs join tokens. Default: a random secret kept in the data directory.
+    #[arg(long, env = "TING_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// HTTP port: web client, WebSocket signalling, WHIP/WHEP, /metrics, /healthz.
+    #[arg(long, env = "TING_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// UDP port for all media.
+    #[arg(long, env = "TING_UDP_PORT")]
+    pub udp_port: Option<u16>,
+    /// Address to listen on; 0.0.0.0 listens on every interface.
+    #[arg(long, env = "TING_BIND")]
+    pub bind: Option<IpAddr>,
+    /// Public address(es) clients reach the media port at, when behind NAT (repeatable).
+    #[arg(long = "public-ip", env = "TING_PUBLIC_IP", value_delimiter = ',')]
+    pub public_ips: Vec<IpAddr>,
+    /// Turn off quick start (the landing page minting tokens for any room name).
+    #[arg(long, env = "TING_NO_QUICK_START")]
+    pub no_quick_start: bool,
+    /// Seconds a participant whose WebSocket dropped is kept for a resume.
+    #[arg(long, env = "TING_RESUME_GRACE_SECS")]
+    pub resume_grace_secs: Option<u64>,
+}
+
+/// The TOML file; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub token_secret: Option<String>,
+    pub http_port: Option<u16>,
+    pub udp_port: Option<u16>,
+    pub bind: Option<IpAddr>,
+    #[serde(default)]
+    pub public_ips: Vec<IpAddr>,
+    pub quick_start: Option<bool>,
+    pub resume_grace_secs: Option<u64>,
+}
+
+impl FileConfig {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+}
+
+/// Everything `ting serve` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub token_secret: Vec<u8>,
+    pub http_port: u16,
+    pub udp_port: u16,
+    pub bind: IpAddr,
+    pub public_ips: Vec<IpAddr>,
+    pub quick_start: bool,
+    pub resume_grace: Duration,
+}
+
+impl ServeConfig {
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let file = FileConfig::load(args.common.config.as_deref())?;
+        let data_dir = resolve_data_dir(&args.common, &file);
+        let token_secret = resolve_secret(&args.common, &file, &data_dir)?;
+        Ok(Self {
+            token_secret,
+            http_port: args
+                .http_port
+                .or(file.http_port)
+                .unwrap_or(DEFAULT_HTTP_PORT),
+            udp_port: args.udp_port.or(file.udp_port).unwrap_or(DEFAULT_UDP_PORT),
+            bind: args
+                .bind
+                .or(file.bind)
+                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            public_ips: if args.public_ips.is_empty() {
+                file.public_ips
+            } else {
+                args.public_ips.clone()
+            },
+            quick_start: !args.no_quick_start && file.quick_start.unwrap_or(true),
+            resume_grace: Duration::from_secs(
+                args.resume_grace_secs
+                    .or(file.resume_grace_secs)
+                    .unwrap_or(30),
+            ),
+            data_dir,
+        })
+    }
+}
+
+pub fn resolve_data_dir(common: &CommonArgs, file: &FileConfig) -> PathBuf {
+    common
+        .data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("ting-data"))
+}
+
+/// The configured secret, or the one stored in the data directory (created on first use), so
+/// that `ting token` and `ting serve` agree without configuration.
+pub fn resolve_secret(
+    common: &CommonArgs,
+    file: &FileConfig,
+    data_dir: &Path,
+) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = common
+        .token_secret
+        .clone()
+        .or_else(|| file.token_secret.clone())
+    {
+        anyhow::ensure!(
+            secret.len() >= 16,
+            "the token secret must be at least 16 characters"
+        );
+        return Ok(secret.into_bytes());
+    }
+    let path = data_dir.join("token-secret");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_owned();
+        anyhow::ensure!(
+            existing.len() >= 16,
+            "{} is too short; delete it to make a new one",
+            path.display()
+        );
+        return Ok(existing.into_bytes());
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let secret = ting_signalling_secret();
+    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret.into_bytes())
+}
+
+fn ting_signalling_secret() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("ting-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let file = dir.join("ting.toml");
+        std::fs::write(&file, "http_port = 9000\nudp_port = 9001\nquick_start = false\ntoken_secret = \"0123456789abcdef\"\n")
+            .unwrap_or_default();
+        let args = ServeArgs {
+            common: CommonArgs {
+                config: Some(file),
+                data_dir: Some(dir.clone()),
+                token_secret: None,
+            },
+            http_port: Some(7000),
+            ..Default::default()
+        };
+        let config = ServeConfig::resolve(&args).map_err(|e| e.to_string());
+        let config = config
+            .as_ref()
+            .map(|c| (c.http_port, c.udp_port, c.quick_start, c.token_secret.len()));
+        assert_eq!(config, Ok((7000, 9001, false, 16)));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_an_error() {
+        let parsed: Result<FileConfig, _> = toml::from_str("htp_port = 1");
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn the_stored_secret_is_created_once_and_reused() {
+        let dir = std::env::temp_dir().join(format!("ting-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let common = CommonArgs::default();
+        let first =
+            resolve_secret(&common, &FileConfig::default(), &dir).map_err(|e| e.to_string());
+        let second =
+            resolve_secret(&common, &FileConfig::default(), &dir).map_err(|e| e.to_string());
+        assert!(first.as_ref().is_ok_and(|s| s.len() == 64));
+        assert_eq!(first, second);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,120 @@
+//! `ting`: run the server, or mint join tokens for scripts.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ting::config::{
+    CommonArgs, FileConfig, ServeArgs, ServeConfig, resolve_data_dir, resolve_secret,
+};
+use ting_protocol::{Role, RoomId};
+use ting_signalling::TokenKeys;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "ting", version, about = "Self-hosted video meetings")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process: web client, signalling, SFU.
+    Serve(ServeArgs),
+    /// Print a join token (also usable as a WHIP/WHEP Bearer token).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long)]
+    room: String,
+    /// Stable identity of the user (user id, e-mail, ...).
+    #[arg(long)]
+    identity: String,
+    /// Display name; defaults to the identity.
+    #[arg(long)]
+    name: Option<String>,
+    /// host, moderator, speaker, attendee or viewer.
+    #[arg(long, default_value = "speaker")]
+    role: Role,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    ttl: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let config = ServeConfig::resolve(&args)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let running = ting::server::start(config, shutdown_signal()).await?;
+        let http = running.http_addr;
+        let shown = if http.ip().is_unspecified() {
+            format!("localhost:{}", http.port())
+        } else {
+            http.to_string()
+        };
+        let media: Vec<String> = running
+            .media_addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        println!(
+            "ting: listening on http://{shown} (media udp {})",
+            media.join(", ")
+        );
+        running.task.await.context("server task")??;
+        println!("ting: stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = terminate => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down: telling clients, draining rooms");
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let room = RoomId::new(&args.room)?;
+    let file = FileConfig::load(args.common.config.as_deref())?;
+    let data_dir = resolve_data_dir(&args.common, &file);
+    let secret = resolve_secret(&args.common, &file, &data_dir)?;
+    let name = args.name.as_deref().unwrap_or(&args.identity);
+    let token = TokenKeys::new(&secret)?.mint(
+        room,
+        &args.identity,
+        name,
+        args.role,
+        Duration::from_secs(args.ttl),
+    )?;
+    println!("{token}");
+    Ok(())
+}
