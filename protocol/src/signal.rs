@@ -14,11 +14,15 @@ use crate::{ParticipantId, RoomId, TrackId};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
-    /// The first message on a new WebSocket. `resume` carries the `resume_token` of an earlier
-    /// `joined` to come back as the same participant after the socket dropped.
+    /// The first message on a new WebSocket. `room`, when given, must be the token's room (a
+    /// client that believes it joins room A must not silently land in room B). `resume`
+    /// carries the `resume_token` of an earlier `joined` to come back as the same participant
+    /// after the socket dropped.
     Join {
         version: u32,
         token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<String>,
     },

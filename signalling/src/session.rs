@@ -135,7 +135,7 @@ where
         &mut self,
     ) -> Option<(ParticipantId, u64, mpsc::UnboundedReceiver<ServerMessage>)> {
         loop {
-            let (version, token, resume) = match self.next().await {
+            let (version, token, room, resume) = match self.next().await {
                 Incoming::Gone => return None,
                 Incoming::Invalid(e) => {
                     self.send_error(e).await;
@@ -144,8 +144,9 @@ where
                 Incoming::Message(ClientMessage::Join {
                     version,
                     token,
+                    room,
                     resume,
-                }) => (version, token, resume),
+                }) => (version, token, room, resume),
                 Incoming::Message(_) => {
                     self.send_error(HubError::new(ErrorCode::NotJoined, "send join first"))
                         .await;
@@ -159,7 +160,7 @@ where
                 self.close(CLOSE_PROTOCOL, "unsupported version").await;
                 return None;
             }
-            let claims = match self.hub.keys().verify(&token, None) {
+            let claims = match self.hub.keys().verify(&token, room.as_ref()) {
                 Ok(claims) => claims,
                 Err(e) => {
                     self.send_error(HubError::new(e.code(), e.to_string()))

@@ -48,6 +48,7 @@ const CAMERA_ENCODINGS: RTCRtpEncodingParameters[] = [
 ];
 const ANSWER_TIMEOUT_MS = 15_000;
 const RETRY_OFFER_MS = 3_000;
+const NEGOTIATION_DELAY_MS = 30;
 /** Server errors that mean "your last offer was refused". */
 const OFFER_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['invalid_sdp', 'not_allowed']);
 
@@ -285,9 +286,10 @@ export class Session {
     this.participants.clear();
     for (const p of joined.participants) this.participants.set(p.id, p);
     this.activeSpeaker = joined.active_speaker;
-    // Mute changes made while offline were not delivered; repeating them is harmless.
+    // Mute changes made while offline were not delivered: tell the server where it differs.
     for (const slot of this.sendSlots) {
-      if (slot.trackId !== null) {
+      const known = joined.participant.tracks.find((t) => t.id === slot.trackId);
+      if (slot.trackId !== null && known && known.muted !== slot.muted) {
         this.signal.send({ type: 'mute', track_id: slot.trackId, muted: slot.muted });
       }
     }
@@ -410,11 +412,14 @@ export class Session {
   /** Asks for an offer/answer round; coalesces with one already queued. */
   negotiate(): void {
     this.wantNegotiation = true;
-    if (!this.negotiating) void this.negotiationLoop();
+    if (this.negotiating) return;
+    // Start a moment later: a new participant's tracks arrive as separate messages, and one
+    // offer for all of them is cheaper than one per track.
+    this.negotiating = true;
+    window.setTimeout(() => void this.negotiationLoop(), NEGOTIATION_DELAY_MS);
   }
 
   private async negotiationLoop(): Promise<void> {
-    this.negotiating = true;
     try {
       while (this.wantNegotiation && !this.closed && this.signal.connected) {
         this.wantNegotiation = false;

@@ -1,0 +1,217 @@
+//! A real `ting serve` in-process on loopback ports chosen by the OS, and a WebSocket client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use ting::config::ServeConfig;
+use ting_protocol::{ClientMessage, ParticipantId, Role, RoomId, ServerMessage};
+use ting_signalling::TokenKeys;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789";
+
+pub struct TestServer {
+    pub http: SocketAddr,
+    pub media: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn temp_dir(tag: &str) -> TempDir {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ting-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}
+
+impl TestServer {
+    pub async fn start(resume_grace: Duration) -> Self {
+        let dir = temp_dir("server");
+        let config = ServeConfig {
+            data_dir: dir.0.clone(),
+            token_secret: SECRET.as_bytes().to_vec(),
+            http_port: 0,
+            udp_port: 0,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            public_ips: vec![],
+            quick_start: true,
+            resume_grace,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = ting::server::start(config, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+        Self {
+            http: running.http_addr,
+            media: running.media_addrs[0],
+            stop: Some(stop),
+            task: running.task,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn token(&self, room: &str, identity: &str, role: Role) -> String {
+        keys()
+            .mint(
+                RoomId::new(room).unwrap(),
+                identity,
+                identity,
+                role,
+                Duration::from_secs(600),
+            )
+            .unwrap()
+    }
+
+    /// Triggers graceful shutdown and waits for the server to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("server stops within 10 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+pub fn keys() -> TokenKeys {
+    TokenKeys::new(SECRET.as_bytes()).unwrap()
+}
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(server: &TestServer) -> Self {
+        let url = format!("ws://{}/ws", server.http);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Self { ws }
+    }
+
+    /// Connects and joins; returns the client and its `joined`.
+    pub async fn join(server: &TestServer, token: &str) -> (Self, ServerMessage) {
+        let mut client = Self::connect(server).await;
+        client.send(&join(token, None)).await;
+        let joined = client.recv().await.expect("joined");
+        assert!(matches!(joined, ServerMessage::Joined { .. }), "{joined:?}");
+        (client, joined)
+    }
+
+    pub async fn send(&mut self, message: &ClientMessage) {
+        self.send_raw(serde_json::to_string(message).unwrap()).await;
+    }
+
+    pub async fn send_raw(&mut self, text: String) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::Binary(bytes.into())).await.unwrap();
+    }
+
+    /// Next server message within 5 s; `None` when the socket closed.
+    pub async fn recv(&mut self) -> Option<ServerMessage> {
+        self.recv_within(Duration::from_secs(5))
+            .await
+            .expect("a message within the time limit")
+    }
+
+    /// `Err` on timeout, `Ok(None)` on close.
+    pub async fn recv_within(&mut self, limit: Duration) -> Result<Option<ServerMessage>, ()> {
+        loop {
+            let next = tokio::time::timeout(limit, self.ws.next())
+                .await
+                .map_err(|_| ())?;
+            match next {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(&t).unwrap())),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Receives until a message matches, failing on close or timeout.
+    pub async fn expect(
+        &mut self,
+        what: &str,
+        f: impl Fn(&ServerMessage) -> bool,
+    ) -> ServerMessage {
+        loop {
+            match self.recv().await {
+                Some(m) if f(&m) => return m,
+                Some(_) => continue,
+                None => panic!("socket closed while waiting for {what}"),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        if let Ok(m) = self.recv_within(quiet).await {
+            panic!("expected silence, got {m:?}");
+        }
+    }
+
+    /// A ping round trip: the session is alive and responsive.
+    pub async fn ping(&mut self, nonce: u64) {
+        self.send(&ClientMessage::Ping { nonce }).await;
+        let pong = self
+            .expect("pong", |m| matches!(m, ServerMessage::Pong { .. }))
+            .await;
+        assert_eq!(pong, ServerMessage::Pong { nonce });
+    }
+
+    /// Drops the TCP connection without a close handshake, like a lost network.
+    pub fn drop_connection(self) {
+        drop(self.ws);
+    }
+}
+
+pub fn join(token: &str, resume: Option<String>) -> ClientMessage {
+    ClientMessage::Join {
+        version: 1,
+        token: token.to_owned(),
+        room: None,
+        resume,
+    }
+}
+
+pub fn participant_of(joined: &ServerMessage) -> (ParticipantId, String) {
+    match joined {
+        ServerMessage::Joined {
+            participant,
+            resume_token,
+            ..
+        } => (participant.id, resume_token.clone()),
+        other => panic!("not joined: {other:?}"),
+    }
+}
