@@ -125,7 +125,7 @@ fn publish_media(
         let pt = pt_of(rtc, mids[1], Codec::Vp8).unwrap();
         let ts = MediaTime::new(clock(90_000), Frequency::NINETY_KHZ);
         let mut frame = vec![0u8; 1500];
-        frame[0] = if *frames % 30 == 0 { 0x50 } else { 0x51 };
+        frame[0] = if frames.is_multiple_of(30) { 0x50 } else { 0x51 };
         *frames += 1;
         rtc.writer(mids[1])
             .unwrap()

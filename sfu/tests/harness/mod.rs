@@ -414,7 +414,7 @@ impl Peer {
             let mid = self.video_mid.unwrap();
             let pt = self.params(mid, MediaKind::Video).pt();
             let ts = MediaTime::new(elapsed_ticks(now, 90_000), Frequency::NINETY_KHZ);
-            let periodic_key = self.video_frames % 300 == 0;
+            let periodic_key = self.video_frames.is_multiple_of(300);
             self.video_frames += 1;
             for (rid, bps, height) in LADDER {
                 let rid_key = Some(Rid::from(rid));
