@@ -22,4 +22,4 @@ pub use crate::core::{
 };
 pub use demux::{Demux, Route};
 pub use metrics::SfuMetrics;
-pub use shell::{SfuHandle, Shard, ShardError, spawn_shard};
+pub use shell::{SfuHandle, Shard, ShardError, ShardSockets, spawn_shard};

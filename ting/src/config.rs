@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 pub const DEFAULT_UDP_PORT: u16 = 7882;
+pub const DEFAULT_TCP_PORT: u16 = 7881;
 
 /// Flags shared by commands that need the token secret.
 #[derive(Debug, Clone, Args, Default)]
@@ -36,6 +37,12 @@ pub struct ServeArgs {
     /// UDP port for all media.
     #[arg(long, env = "TING_UDP_PORT")]
     pub udp_port: Option<u16>,
+    /// TCP port for ICE-TCP media, the fallback where UDP is blocked.
+    #[arg(long, env = "TING_TCP_PORT")]
+    pub tcp_port: Option<u16>,
+    /// Turn off the ICE-TCP fallback.
+    #[arg(long, env = "TING_NO_ICE_TCP")]
+    pub no_ice_tcp: bool,
     /// Address to listen on; 0.0.0.0 listens on every interface.
     #[arg(long, env = "TING_BIND")]
     pub bind: Option<IpAddr>,
@@ -58,6 +65,9 @@ pub struct FileConfig {
     pub token_secret: Option<String>,
     pub http_port: Option<u16>,
     pub udp_port: Option<u16>,
+    /// ICE-TCP port; `0` picks one, absent means 7881. `ice_tcp = false` turns it off.
+    pub tcp_port: Option<u16>,
+    pub ice_tcp: Option<bool>,
     pub bind: Option<IpAddr>,
     #[serde(default)]
     pub public_ips: Vec<IpAddr>,
@@ -83,6 +93,8 @@ pub struct ServeConfig {
     pub token_secret: Vec<u8>,
     pub http_port: u16,
     pub udp_port: u16,
+    /// `None`: no ICE-TCP.
+    pub tcp_port: Option<u16>,
     pub bind: IpAddr,
     pub public_ips: Vec<IpAddr>,
     pub quick_start: bool,
@@ -101,6 +113,8 @@ impl ServeConfig {
                 .or(file.http_port)
                 .unwrap_or(DEFAULT_HTTP_PORT),
             udp_port: args.udp_port.or(file.udp_port).unwrap_or(DEFAULT_UDP_PORT),
+            tcp_port: (!args.no_ice_tcp && file.ice_tcp.unwrap_or(true))
+                .then(|| args.tcp_port.or(file.tcp_port).unwrap_or(DEFAULT_TCP_PORT)),
             bind: args
                 .bind
                 .or(file.bind)

@@ -1,13 +1,12 @@
 //! `ting serve`: the SFU shard, the signalling service and the web client in one process.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 
 use anyhow::Context;
 use prometheus::Registry;
-use ting_sfu::{SfuConfig, SfuMetrics, spawn_shard};
+use ting_sfu::{SfuConfig, SfuMetrics, ShardSockets, spawn_shard};
 use ting_signalling::{Hub, SignallingConfig, TokenKeys};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::ServeConfig;
@@ -16,6 +15,7 @@ use crate::config::ServeConfig;
 pub struct Running {
     pub http_addr: SocketAddr,
     pub media_addrs: Vec<SocketAddr>,
+    pub tcp_media_addrs: Vec<SocketAddr>,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -44,9 +44,27 @@ pub async fn start(
             .collect(),
         None => Vec::new(),
     };
+    // ICE-TCP on the same addresses, for networks that block UDP.
+    let mut tcp_listeners = Vec::new();
+    let mut tcp_candidates = Vec::new();
+    if let Some(mut port) = config.tcp_port {
+        for local in &locals {
+            let listener = TcpListener::bind((local.ip(), port))
+                .with_context(|| format!("binding ICE-TCP {}:{port}", local.ip()))?;
+            // With port 0, the first listener picks the port and the others share it.
+            port = listener.local_addr()?.port();
+            tcp_candidates.push(listener.local_addr()?);
+            tcp_listeners.push(listener);
+        }
+    }
     let sfu_config = SfuConfig {
         host_candidates: locals.clone(),
         reflexive_candidates,
+        tcp_candidates: tcp_candidates.clone(),
+    };
+    let sockets = ShardSockets {
+        udp: sockets,
+        tcp: tcp_listeners,
     };
 
     let registry = Registry::new();
@@ -66,7 +84,7 @@ pub async fn start(
     )?;
     tokio::spawn(ting_signalling::pump_sfu_events(hub.clone(), shard.events));
 
-    let listener = TcpListener::bind((config.bind, config.http_port))
+    let listener = tokio::net::TcpListener::bind((config.bind, config.http_port))
         .await
         .with_context(|| format!("binding HTTP port {}", config.http_port))?;
     let http_addr = listener.local_addr()?;
@@ -77,6 +95,7 @@ pub async fn start(
     Ok(Running {
         http_addr,
         media_addrs: locals,
+        tcp_media_addrs: tcp_candidates,
         task,
     })
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
-use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
+use str0m::net::{DatagramRecv, Protocol, Receive, TcpType, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use ting_protocol::{ParticipantId, RoomId, TrackId, TrackKind};
 use tracing::{debug, trace};
@@ -43,6 +43,8 @@ pub struct SfuConfig {
     pub host_candidates: Vec<SocketAddr>,
     /// Public addresses in front of a NAT, each with the local socket address it forwards to.
     pub reflexive_candidates: Vec<(SocketAddr, SocketAddr)>,
+    /// Passive ICE-TCP candidates (RFC 6544), for clients whose UDP is blocked.
+    pub tcp_candidates: Vec<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -175,7 +177,15 @@ impl Sfu {
             .reflexive_candidates
             .iter()
             .map(|(public, base)| (Candidate::server_reflexive(*public, *base, "udp"), *public));
-        for (candidate, addr) in hosts.chain(reflexive) {
+        let tcp = self.config.tcp_candidates.iter().map(|a| {
+            let candidate = Candidate::builder()
+                .tcp()
+                .host(*a)
+                .tcptype(TcpType::Passive)
+                .build();
+            (candidate, *a)
+        });
+        for (candidate, addr) in hosts.chain(reflexive).chain(tcp) {
             match candidate {
                 Ok(c) => {
                     rtc.add_local_candidate(c);

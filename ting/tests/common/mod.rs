@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod peer;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +22,7 @@ pub const SECRET: &str = "test-secret-0123456789";
 pub struct TestServer {
     pub http: SocketAddr,
     pub media: SocketAddr,
+    pub tcp_media: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: TempDir,
@@ -53,6 +56,7 @@ impl TestServer {
             token_secret: SECRET.as_bytes().to_vec(),
             http_port: 0,
             udp_port: 0,
+            tcp_port: Some(0),
             bind: IpAddr::from([127, 0, 0, 1]),
             public_ips: vec![],
             quick_start: true,
@@ -67,6 +71,7 @@ impl TestServer {
         Self {
             http: running.http_addr,
             media: running.media_addrs[0],
+            tcp_media: running.tcp_media_addrs[0],
             stop: Some(stop),
             task: running.task,
             _dir: dir,

@@ -1,9 +1,12 @@
 //! The IO shell of a shard: one OS thread with a single-threaded tokio runtime that owns the
-//! shard's UDP sockets and its [`Sfu`] core, and takes commands from the signalling service.
+//! shard's UDP sockets, its ICE-TCP listeners and its [`Sfu`] core, and takes commands from the
+//! signalling service.
+
+mod tcp;
 
 use std::future::poll_fn;
 use std::io;
-use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -11,7 +14,7 @@ use std::time::Instant;
 use str0m::net::Protocol;
 use ting_protocol::{ParticipantId, RoomId, TrackId};
 use tokio::io::ReadBuf;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -154,18 +157,32 @@ pub struct Shard {
     pub thread: JoinHandle<()>,
 }
 
-/// Starts a shard on already-bound sockets (one per local address, all on the media port).
+/// The already-bound sockets a shard serves: UDP sockets (one per local address, all on the
+/// media port) and ICE-TCP listeners.
+pub struct ShardSockets {
+    pub udp: Vec<StdUdpSocket>,
+    pub tcp: Vec<StdTcpListener>,
+}
+
+/// Starts a shard on already-bound sockets.
 pub fn spawn_shard(
-    sockets: Vec<StdUdpSocket>,
+    sockets: ShardSockets,
     config: SfuConfig,
     metrics: SfuMetrics,
     index: usize,
 ) -> io::Result<Shard> {
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let (events_tx, events) = mpsc::unbounded_channel();
-    for socket in &sockets {
+    for socket in &sockets.udp {
         socket.set_nonblocking(true)?;
     }
+    for listener in &sockets.tcp {
+        listener.set_nonblocking(true)?;
+    }
+    let ShardSockets {
+        udp: sockets,
+        tcp: listeners,
+    } = sockets;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -186,7 +203,14 @@ pub fn spawn_shard(
                             return;
                         }
                     };
-                    run(sockets, config, metrics, commands, events_tx).await;
+                    let (tcp_tx, tcp_rx) = mpsc::channel(4096);
+                    for listener in listeners {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => drop(tokio::spawn(tcp::accept_loop(l, tcp_tx.clone()))),
+                            Err(e) => warn!("ICE-TCP listener unusable: {e}"),
+                        }
+                    }
+                    run(sockets, tcp_rx, config, metrics, commands, events_tx).await;
                 }
                 .instrument(span),
             );
@@ -202,6 +226,7 @@ pub fn spawn_shard(
 
 async fn run(
     sockets: Vec<UdpSocket>,
+    mut tcp_events: mpsc::Receiver<tcp::TcpEvent>,
     config: SfuConfig,
     metrics: SfuMetrics,
     mut commands: mpsc::UnboundedReceiver<Command>,
@@ -211,9 +236,10 @@ async fn run(
     let loop_seconds = metrics.loop_seconds.clone();
     let mut sfu = Sfu::new(config, metrics, Instant::now());
     let mut buf = vec![0u8; 2048];
+    let mut tcp_connections = tcp::TcpConnections::default();
     loop {
         let started = Instant::now();
-        let timeout = drain(&mut sfu, &sockets, &locals, &events);
+        let timeout = drain(&mut sfu, &sockets, &locals, &tcp_connections, &events);
         loop_seconds.observe(started.elapsed().as_secs_f64());
         let wake_at = tokio::time::Instant::from_std(timeout.max(Instant::now()));
         tokio::select! {
@@ -241,6 +267,13 @@ async fn run(
                         }
                     }
                 }
+            },
+            Some(event) = tcp_events.recv() => match event {
+                tcp::TcpEvent::Opened { key, writer } => tcp_connections.opened(key, writer),
+                tcp::TcpEvent::Frame { key: (local, remote), data } => {
+                    sfu.handle_receive(Instant::now(), Protocol::Tcp, remote, local, &data);
+                }
+                tcp::TcpEvent::Closed { key } => tcp_connections.closed(key),
             },
             _ = tokio::time::sleep_until(wake_at) => {},
         }
@@ -273,10 +306,14 @@ fn drain(
     sfu: &mut Sfu,
     sockets: &[UdpSocket],
     locals: &[SocketAddr],
+    tcp_connections: &tcp::TcpConnections,
     events: &mpsc::UnboundedSender<SfuEvent>,
 ) -> Instant {
     loop {
         match sfu.poll_output() {
+            SfuOutput::Transmit(t) if t.proto != Protocol::Udp => {
+                tcp_connections.send(t.source, t.destination, &t.contents);
+            }
             SfuOutput::Transmit(t) => {
                 let index = locals.iter().position(|l| *l == t.source).unwrap_or(0);
                 if let Some(socket) = sockets.get(index)
