@@ -109,10 +109,7 @@ async fn serve_connection(
         }
     });
     let mut buf = vec![0u8; usize::from(u16::MAX)];
-    loop {
-        let Ok(len) = read.read_u16().await else {
-            break;
-        };
+    while let Ok(len) = read.read_u16().await {
         let frame = &mut buf[..usize::from(len)];
         if read.read_exact(frame).await.is_err() {
             break;
