@@ -559,11 +559,8 @@ impl Hub {
         }
     }
 
-    /// Identity of a participant, for WHIP/WHEP session ownership checks.
-    pub fn identity_of(&self, participant: ParticipantId) -> Option<String> {
-        self.rooms()
-            .member(participant)
-            .map(|m| m.info.identity.clone())
+    pub fn room_of(&self, participant: ParticipantId) -> Option<RoomId> {
+        self.rooms().room_of(participant).cloned()
     }
 
     fn new_track_id(&self) -> TrackId {

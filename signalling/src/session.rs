@@ -51,7 +51,11 @@ where
         conn.close(CLOSE_PROTOCOL, "no join").await;
         return;
     };
-    let span = info_span!("session", participant = %participant);
+    let room = hub
+        .room_of(participant)
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    let span = info_span!("session", %room, participant = %participant);
     conn.serve(participant, generation, outbox)
         .instrument(span)
         .await;

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use common::peer::{MediaPeer, broadcast};
+use common::peer::{MediaPeer, Sender, broadcast};
 use ting_protocol::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,11 +15,17 @@ async fn a_player_with_only_tcp_receives_media_over_ice_tcp() {
     let server = TestServer::start(Duration::from_secs(5)).await;
     let publisher_token = server.token("tcp", "obs", Role::Speaker);
     let player_token = server.token("tcp", "player", Role::Viewer);
+    let publisher = Sender {
+        peer: MediaPeer::udp(),
+        token: &publisher_token,
+        marker: b'T',
+    };
+    let player = (MediaPeer::tcp(server.tcp_media), player_token.as_str(), "");
     let result = broadcast(
         &server,
         "tcp",
-        (MediaPeer::udp(), &publisher_token),
-        (MediaPeer::tcp(server.tcp_media), &player_token),
+        vec![publisher],
+        player,
         Duration::from_secs(6),
     )
     .await;

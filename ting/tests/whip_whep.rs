@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use common::peer::{MediaPeer, post_sdp};
+use common::peer::{MediaPeer, Sender, broadcast, post_sdp};
 use str0m::media::{Direction, MediaKind};
 use ting_protocol::Role;
 
@@ -17,11 +17,17 @@ async fn a_whep_player_receives_what_a_whip_publisher_sends() {
     let publisher_token = server.token("live", "obs", Role::Speaker);
     let player_token = server.token("live", "player", Role::Viewer);
 
-    let result = common::peer::broadcast(
+    let publisher = Sender {
+        peer: MediaPeer::udp(),
+        token: &publisher_token,
+        marker: b'A',
+    };
+    let player = (MediaPeer::udp(), player_token.as_str(), "");
+    let result = broadcast(
         &server,
         "live",
-        (MediaPeer::udp(), &publisher_token),
-        (MediaPeer::udp(), &player_token),
+        vec![publisher],
+        player,
         Duration::from_secs(6),
     )
     .await;
@@ -39,7 +45,10 @@ async fn a_whep_player_receives_what_a_whip_publisher_sends() {
         Some(true),
         "playback starts on a keyframe"
     );
-    let (publisher_location, player_location) = (result.publisher_location, result.player_location);
+    let (publisher_location, player_location) = (
+        result.publisher_locations[0].clone(),
+        result.player_location,
+    );
 
     let http = reqwest::Client::new();
     let delete = |location: String, token: String| {
@@ -146,5 +155,36 @@ async fn whip_refuses_bad_requests_clearly() {
     )
     .await;
     assert_eq!(huge.status(), 413);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_player_can_watch_a_named_participant() {
+    let server = TestServer::start(Duration::from_secs(5)).await;
+    let (alice, bob) = (
+        server.token("two", "alice", Role::Speaker),
+        server.token("two", "bob", Role::Speaker),
+    );
+    let senders = vec![
+        Sender {
+            peer: MediaPeer::udp(),
+            token: &alice,
+            marker: b'A',
+        },
+        Sender {
+            peer: MediaPeer::udp(),
+            token: &bob,
+            marker: b'B',
+        },
+    ];
+    let viewer = server.token("two", "viewer", Role::Viewer);
+    let player = (MediaPeer::udp(), viewer.as_str(), "?participant=bob");
+    let result = broadcast(&server, "two", senders, player, Duration::from_secs(4)).await;
+    assert!(result.received.video > 30, "{:?}", result.received);
+    assert_eq!(
+        result.received.video_markers,
+        [b'B'].into(),
+        "only Bob is shown"
+    );
     server.shutdown().await;
 }

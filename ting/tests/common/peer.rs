@@ -149,11 +149,13 @@ pub struct Publisher {
     next_video: Instant,
     frames: u64,
     mids: Vec<Mid>,
+    /// Second payload byte of every frame, so receivers can tell publishers apart.
+    marker: u8,
 }
 
 impl Publisher {
     /// `mids`: the audio m-line, then the video m-line.
-    pub fn new(mids: Vec<Mid>) -> Self {
+    pub fn new(mids: Vec<Mid>, marker: u8) -> Self {
         let now = Instant::now();
         Self {
             start: now,
@@ -161,6 +163,7 @@ impl Publisher {
             next_video: now,
             frames: 0,
             mids,
+            marker,
         }
     }
 
@@ -182,7 +185,9 @@ impl Publisher {
             let pt = pt_of(rtc, self.mids[0], Codec::Opus).unwrap();
             let ts = MediaTime::new(clock(48_000), Frequency::FORTY_EIGHT_KHZ);
             let writer = rtc.writer(self.mids[0]).unwrap().audio_level(-20, true);
-            writer.write(pt, now, ts, vec![0xfc; 40]).unwrap();
+            let mut payload = vec![0xfc; 40];
+            payload[1] = self.marker;
+            writer.write(pt, now, ts, payload).unwrap();
         }
         if now >= self.next_video {
             self.next_video = now + Duration::from_millis(33);
@@ -194,6 +199,7 @@ impl Publisher {
             } else {
                 0x51
             };
+            frame[1] = self.marker;
             self.frames += 1;
             rtc.writer(self.mids[1])
                 .unwrap()
@@ -204,11 +210,13 @@ impl Publisher {
 }
 
 /// Counts what a player receives.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Received {
     pub audio: u32,
     pub video: u32,
     pub first_video_keyframe: Option<bool>,
+    /// Publisher markers seen in video frames.
+    pub video_markers: std::collections::BTreeSet<u8>,
 }
 
 impl Received {
@@ -219,15 +227,16 @@ impl Received {
             } else if d.mid == video_mid {
                 self.video += 1;
                 self.first_video_keyframe.get_or_insert(d.is_keyframe());
+                self.video_markers.extend(d.data.get(1).copied());
             }
         }
     }
 }
 
-/// A WHIP publisher and a WHEP player of one room, connected through `server`.
+/// WHIP publishers and a WHEP player of one room, connected through a server.
 pub struct Broadcast {
     pub received: Received,
-    pub publisher_location: String,
+    pub publisher_locations: Vec<String>,
     pub player_location: String,
 }
 
@@ -247,38 +256,52 @@ pub async fn post_sdp(
         .unwrap()
 }
 
-/// Publishes with `publisher` over WHIP, plays with `player` over WHEP for `duration`, and
-/// reports what the player received.
+/// One WHIP publisher: its peer, its Bearer token, and the marker its frames carry.
+pub struct Sender<'a> {
+    pub peer: MediaPeer,
+    pub token: &'a str,
+    pub marker: u8,
+}
+
+/// Publishes with each sender over WHIP, then plays with `player` over WHEP
+/// (`/whep/{room}{query}`) for `duration`, and reports what the player received.
 pub async fn broadcast(
     server: &super::TestServer,
     room: &str,
-    (mut publisher, publisher_token): (MediaPeer, &str),
-    (mut player, player_token): (MediaPeer, &str),
+    senders: Vec<Sender<'_>>,
+    (mut player, player_token, query): (MediaPeer, &str, &str),
     duration: Duration,
 ) -> Broadcast {
     use str0m::change::SdpAnswer;
 
-    let (offer, pending, pub_mids) = publisher.offer(&[
-        (MediaKind::Audio, Direction::SendOnly),
-        (MediaKind::Video, Direction::SendOnly),
-    ]);
-    let response = post_sdp(
-        server,
-        &format!("/whip/{room}"),
-        publisher_token,
-        offer.to_sdp_string(),
-    )
-    .await;
-    assert_eq!(response.status(), 201);
-    assert_eq!(response.headers()["content-type"], "application/sdp");
-    let publisher_location = response.headers()["location"].to_str().unwrap().to_owned();
-    assert!(publisher_location.starts_with(&format!("/whip/{room}/")));
-    let answer = SdpAnswer::from_sdp_string(&response.text().await.unwrap()).unwrap();
-    publisher
-        .rtc
-        .sdp_api()
-        .accept_answer(pending, answer)
-        .unwrap();
+    let mut publishers = Vec::new();
+    let mut publisher_locations = Vec::new();
+    for Sender {
+        mut peer,
+        token,
+        marker,
+    } in senders
+    {
+        let (offer, pending, mids) = peer.offer(&[
+            (MediaKind::Audio, Direction::SendOnly),
+            (MediaKind::Video, Direction::SendOnly),
+        ]);
+        let response = post_sdp(
+            server,
+            &format!("/whip/{room}"),
+            token,
+            offer.to_sdp_string(),
+        )
+        .await;
+        assert_eq!(response.status(), 201);
+        assert_eq!(response.headers()["content-type"], "application/sdp");
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        assert!(location.starts_with(&format!("/whip/{room}/")));
+        let answer = SdpAnswer::from_sdp_string(&response.text().await.unwrap()).unwrap();
+        peer.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        publisher_locations.push(location);
+        publishers.push((peer, Publisher::new(mids, marker)));
+    }
 
     let (offer, pending, play_mids) = player.offer(&[
         (MediaKind::Audio, Direction::RecvOnly),
@@ -286,7 +309,7 @@ pub async fn broadcast(
     ]);
     let response = post_sdp(
         server,
-        &format!("/whep/{room}"),
+        &format!("/whep/{room}{query}"),
         player_token,
         offer.to_sdp_string(),
     )
@@ -297,10 +320,12 @@ pub async fn broadcast(
     player.rtc.sdp_api().accept_answer(pending, answer).unwrap();
 
     let deadline = Instant::now() + duration;
-    let publishing = std::thread::spawn(move || {
-        let mut media = Publisher::new(pub_mids);
-        publisher.run(deadline, |rtc, now| media.tick(rtc, now), |_| {});
-    });
+    let publishing: Vec<_> = publishers
+        .into_iter()
+        .map(|(mut peer, mut media)| {
+            std::thread::spawn(move || peer.run(deadline, |rtc, now| media.tick(rtc, now), |_| {}))
+        })
+        .collect();
     let playing = std::thread::spawn(move || {
         let mut received = Received::default();
         player.run(
@@ -310,11 +335,13 @@ pub async fn broadcast(
         );
         received
     });
-    publishing.join().unwrap();
+    for p in publishing {
+        p.join().unwrap();
+    }
     let received = playing.join().unwrap();
     Broadcast {
         received,
-        publisher_location,
+        publisher_locations,
         player_location,
     }
 }
