@@ -49,6 +49,7 @@ const CAMERA_ENCODINGS: RTCRtpEncodingParameters[] = [
 const ANSWER_TIMEOUT_MS = 15_000;
 const RETRY_OFFER_MS = 3_000;
 const NEGOTIATION_DELAY_MS = 30;
+const RESUBSCRIBE_MS = 500;
 /** Server errors that mean "your last offer was refused". */
 const OFFER_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['invalid_sdp', 'not_allowed']);
 
@@ -208,6 +209,7 @@ export class Session {
     for (const slot of this.sendSlots) {
       if ((slot.source === 'screen' || slot.source === 'screen_audio') && slot.track) {
         slot.track.stop();
+        this.localStream.removeTrack(slot.track);
         // Keep the transceiver, inactive, for the next share: m-lines can't be removed.
         slot.transceiver.sender.replaceTrack(null).catch(() => undefined);
         slot.transceiver.direction = 'inactive';
@@ -503,11 +505,11 @@ export class Session {
       return;
     }
     if (code === 'unknown_track') {
-      // A subscription raced with an unpublish: the next full list (sent once the
-      // `track_unpublished` arrives) is already correct, so only make sure it goes out.
+      // A subscription raced with an unpublish and the server refused the whole list. The
+      // `track_unpublished` is on its way; send the list again once it has had time to arrive.
       console.info(`ting: ${message}`);
       this.lastSubscriptions = '';
-      this.syncSubscriptions();
+      window.setTimeout(() => this.syncSubscriptions(), RESUBSCRIBE_MS);
       return;
     }
     this.listener.problem('server', message || code, 'error');

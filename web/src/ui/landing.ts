@@ -71,13 +71,10 @@ export function showLanding(root: HTMLElement, opts: LandingOptions): void {
       .catch((err: unknown) => {
         join.disabled = false;
         join.textContent = 'Join';
-        if (err instanceof ApiError && err.code === 'not_allowed') {
-          fail(`${err.message} Ask the organiser for an invite link.`);
-        } else if (err instanceof ApiError && err.code === 'bad_message') {
-          fail(err.message, roomInput);
-        } else {
-          fail(err instanceof Error ? err.message : 'Could not join.');
-        }
+        const message = err instanceof Error && err.message ? err.message : 'Could not join.';
+        // Server messages are lower-case fragments ("quick start is turned off …"): make a sentence.
+        const sentence = message[0]?.toUpperCase() + message.slice(1) + (/[.!?]$/.test(message) ? '' : '.');
+        fail(sentence, err instanceof ApiError && err.code === 'bad_message' ? roomInput : undefined);
       });
   });
 
