@@ -376,26 +376,22 @@ impl Hub {
         })
     }
 
+    /// Applies the subscriptions to tracks of the participant's room; unknown tracks (for
+    /// example one unpublished a moment ago) are reported but do not stop the others.
     pub async fn subscribe(
         &self,
         participant: ParticipantId,
         subscriptions: Vec<Subscription>,
     ) -> Result<(), HubError> {
-        {
+        let (known, unknown): (Vec<Subscription>, Vec<Subscription>) = {
             let rooms = self.rooms();
             let room_id = rooms.room_of(participant).ok_or_else(not_joined)?;
             let room = rooms.room(room_id).ok_or_else(not_joined)?;
-            if let Some(unknown) = subscriptions
-                .iter()
-                .find(|s| room.track(s.track_id).is_none())
-            {
-                return Err(HubError::new(
-                    ErrorCode::UnknownTrack,
-                    format!("no track {} in this room", unknown.track_id.0),
-                ));
-            }
-        }
-        let requests = subscriptions
+            subscriptions
+                .into_iter()
+                .partition(|s| room.track(s.track_id).is_some())
+        };
+        let requests = known
             .into_iter()
             .map(|s| SubscribeRequest {
                 track_id: s.track_id,
@@ -403,7 +399,17 @@ impl Hub {
                 max_height: s.max_height,
             })
             .collect();
-        Ok(self.0.sfu.subscribe(participant, requests).await?)
+        self.0.sfu.subscribe(participant, requests).await?;
+        match unknown.first() {
+            None => Ok(()),
+            Some(s) => Err(HubError::new(
+                ErrorCode::UnknownTrack,
+                format!(
+                    "no track {} in this room; the other subscriptions apply",
+                    s.track_id.0
+                ),
+            )),
+        }
     }
 
     pub fn mute(

@@ -162,6 +162,21 @@ mod tests {
             })
             .unwrap_or_default();
         assert_eq!(keys.verify(&expired, None), Err(TokenError::Expired));
+        let just_expired = keys
+            .sign(&Claims {
+                room: room("a"),
+                sub: "x".into(),
+                name: "X".into(),
+                role: Role::Speaker,
+                exp: unix_now() - 10,
+                iat: None,
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            keys.verify(&just_expired, None),
+            Err(TokenError::Expired),
+            "only a few seconds of clock skew are forgiven"
+        );
         let good = keys
             .mint(room("a"), "x", "X", Role::Speaker, Duration::from_secs(60))
             .unwrap_or_default();

@@ -1,5 +1,6 @@
 //! `ting`: run the server, or mint join tokens for scripts.
 
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -58,7 +59,8 @@ fn main() -> anyhow::Result<()> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,str0m=error")),
         )
         .init();
     let config = ServeConfig::resolve(&args)?;
@@ -71,17 +73,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             http.to_string()
         };
-        let media: Vec<String> = running
-            .media_addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        println!(
-            "ting: listening on http://{shown} (media udp {})",
-            media.join(", ")
+        let list = |addrs: &[std::net::SocketAddr]| {
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (udp, tcp) = (list(&running.media_addrs), list(&running.tcp_media_addrs));
+        // Scripts and tests read this line; a closed stdout must not stop the server.
+        let _ = writeln!(
+            std::io::stdout(),
+            "ting: listening on http://{shown} (media udp {udp}; ice-tcp {tcp})"
         );
         running.task.await.context("server task")??;
-        println!("ting: stopped");
+        let _ = writeln!(std::io::stdout(), "ting: stopped");
         Ok(())
     })
 }

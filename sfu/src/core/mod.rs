@@ -293,7 +293,8 @@ impl Sfu {
     }
 
     /// Replaces what the participant receives with `subscriptions` (a complete list).
-    /// Nothing changes if any entry is invalid.
+    /// Entries for tracks that no longer exist are skipped; nothing changes if any other entry
+    /// is invalid.
     pub fn set_subscriptions(
         &mut self,
         now: Instant,
@@ -308,10 +309,11 @@ impl Sfu {
         let mut wanted: HashMap<Mid, &SubscribeRequest> = HashMap::new();
         for sub in subscriptions {
             let mid = Mid::from(sub.mid.as_str());
-            let track = self
-                .tracks
-                .get(&sub.track_id)
-                .ok_or(SfuError::UnknownTrack(sub.track_id))?;
+            // A track may be unpublished while the receiver's request is on its way: skip it.
+            let Some(track) = self.tracks.get(&sub.track_id) else {
+                debug!(track = %sub.track_id, "subscription to a track that is gone");
+                continue;
+            };
             let invalid = |why: &str| {
                 Err(SfuError::InvalidSubscription(format!(
                     "mid {}: {why}",
@@ -897,7 +899,7 @@ impl Sfu {
             let (Some(slot), Some(index)) = (peer.slots.get_mut(&mid), choice) else {
                 continue;
             };
-            slot.target = keys[index];
+            slot.retarget(&keys, index, now);
             if slot.current != Some(slot.target) {
                 keyframes_needed.push((track, slot.target));
             }

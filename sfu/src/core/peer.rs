@@ -1,7 +1,7 @@
 //! One participant's media connection: its `Rtc`, what it publishes, what it receives.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::Rtc;
 use str0m::media::{MediaTime, Mid};
@@ -39,8 +39,14 @@ pub struct Slot {
     pub current: Option<LayerKey>,
     /// Layer the selector wants.
     pub target: LayerKey,
+    /// A higher layer the selector has asked for since the given time.
+    upgrade: Option<(LayerKey, Instant)>,
     pub timestamps: TimestampRewriter,
 }
+
+/// How long the selector must keep asking for a higher layer before the slot switches up.
+/// Switching down is immediate; the delay keeps a fluctuating estimate from flapping layers.
+const UPGRADE_DELAY: Duration = Duration::from_millis(1500);
 
 impl Slot {
     pub fn new(track: TrackId, max_height: Option<u32>, timestamps: TimestampRewriter) -> Self {
@@ -49,7 +55,31 @@ impl Slot {
             max_height,
             current: None,
             target: None,
+            upgrade: None,
             timestamps,
+        }
+    }
+
+    /// Applies the selector's choice `keys[index]` (`keys` ordered lowest layer first).
+    pub fn retarget(&mut self, keys: &[LayerKey], index: usize, now: Instant) {
+        let wanted = keys[index];
+        let is_upgrade = keys
+            .iter()
+            .position(|k| *k == self.target)
+            .is_some_and(|p| index > p);
+        if !is_upgrade {
+            self.target = wanted;
+            self.upgrade = None;
+            return;
+        }
+        match self.upgrade {
+            Some((key, since)) if key == wanted => {
+                if now.saturating_duration_since(since) >= UPGRADE_DELAY {
+                    self.target = wanted;
+                    self.upgrade = None;
+                }
+            }
+            _ => self.upgrade = Some((wanted, now)),
         }
     }
 }
@@ -93,13 +123,30 @@ impl TimestampRewriter {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use str0m::media::Frequency;
 
     fn t90(v: u64) -> MediaTime {
         MediaTime::new(v, Frequency::NINETY_KHZ)
+    }
+
+    #[test]
+    fn layers_go_down_at_once_and_up_only_after_a_steady_request() {
+        let keys = [Some("q".into()), Some("h".into()), Some("f".into())];
+        let mut slot = Slot::new(TrackId(1), None, TimestampRewriter::default());
+        let t0 = Instant::now();
+        slot.retarget(&keys, 2, t0);
+        assert_eq!(slot.target, keys[2], "the first choice applies at once");
+        slot.retarget(&keys, 0, t0);
+        assert_eq!(slot.target, keys[0], "down at once");
+        slot.retarget(&keys, 2, t0);
+        slot.retarget(&keys, 2, t0 + Duration::from_millis(500));
+        assert_eq!(slot.target, keys[0], "not up yet");
+        slot.retarget(&keys, 1, t0 + Duration::from_millis(600));
+        slot.retarget(&keys, 1, t0 + Duration::from_millis(2000));
+        assert_eq!(slot.target, keys[0], "a changed wish restarts the wait");
+        slot.retarget(&keys, 1, t0 + Duration::from_millis(2200));
+        assert_eq!(slot.target, keys[1]);
     }
 
     #[test]

@@ -88,9 +88,10 @@ impl Track {
             .iter()
             .filter(|l| now.saturating_duration_since(l.last_seen) < LAYER_STALE_AFTER)
             .collect();
-        // Before the first bitrate window closes all layers read 0; heights (or the RID order
-        // browsers use: q < h < f) then decide.
-        live.sort_by_key(|l| (l.bitrate_bps, l.height, rid_rank(&l.key)));
+        // Bitrates alone can mislead (an encoder ramping up sends its top layer below the
+        // middle one), so the browsers' RID order (q < h < f) decides first, then the height
+        // read from keyframes, then the measured bitrate.
+        live.sort_by_key(|l| (rid_rank(&l.key), l.height, l.bitrate_bps));
         let keys = live.iter().map(|l| l.key).collect();
         let options = live
             .iter()
