@@ -177,7 +177,7 @@ function startMeeting(token: string, room: string, name: string, local: LocalMed
     },
     resumeFailed: () => banners.show('connection', 'Rejoining the meeting…', 'warning'),
     ended: (end) => endMeeting(end, () => toDeviceCheck(token, room, name, null)),
-  });
+  }, room);
   signalling = sig;
   sig.start();
 }

@@ -58,7 +58,7 @@ export interface Subscription {
 }
 
 export type ClientMessage =
-  | { type: 'join'; version: number; token: string; resume?: string }
+  | { type: 'join'; version: number; token: string; room?: string; resume?: string }
   | { type: 'offer'; sdp: string; tracks: PublishedTrack[] }
   | { type: 'candidate'; candidate: string; sdp_mid?: string }
   | { type: 'subscribe'; subscriptions: Subscription[] }

@@ -63,6 +63,8 @@ export class Signalling {
     private readonly url: string,
     private readonly token: string,
     private readonly handlers: SignallingHandlers,
+    /** The room the user means to join; the server refuses a token for another room. */
+    private readonly room?: string,
   ) {}
 
   static urlFor(location: Location): string {
@@ -105,6 +107,7 @@ export class Signalling {
     ws.onopen = () => {
       this.lastHeard = Date.now();
       const join: ClientMessage = { type: 'join', version: PROTOCOL_VERSION, token: this.token };
+      if (this.room) join.room = this.room;
       if (this.resumeToken) join.resume = this.resumeToken;
       ws.send(JSON.stringify(join));
     };
