@@ -278,3 +278,20 @@ fn a_departed_publisher_stops_being_forwarded() {
     );
     assert_eq!(net.sfu.peer_count(), 2);
 }
+
+#[test]
+fn h264_simulcast_is_forwarded_and_starts_on_a_keyframe() {
+    let mut net = Net::new();
+    net.video_codec = str0m::format::Codec::H264;
+    let publisher = net.add_peer(true, 0);
+    let viewer = net.add_peer(false, 1);
+    net.subscribe_to(viewer, &[publisher], Some(90));
+    net.run_for(secs(4));
+    let video = net.frames(viewer, net.peers[viewer].recv_video[0], net.now - secs(4));
+    assert!(video.len() > 60, "H.264 video flows: {}", video.len());
+    assert!(video[0].keyframe, "starting on an IDR frame");
+    assert!(
+        video.iter().all(|f| f.layer == b'q' && f.from == 1),
+        "the small layer of peer 1"
+    );
+}

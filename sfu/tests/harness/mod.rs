@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::format::PayloadParams;
+use str0m::format::{Codec, PayloadParams};
 use str0m::media::{
     Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid, Simulcast,
     SimulcastLayer,
@@ -58,6 +58,7 @@ pub struct Peer {
     pub publishing: bool,
     /// Audio level to send (RFC 6464, -127 = silence).
     pub audio_level: i8,
+    video_codec: Codec,
     force_keyframe: Vec<Option<Rid>>,
     next_audio: Instant,
     next_video: Instant,
@@ -83,6 +84,8 @@ pub struct Net {
     downlinks: HashMap<SocketAddr, Link>,
     in_flight: Vec<InFlight>,
     next_track: u64,
+    /// Video codec the peers added from now on use.
+    pub video_codec: Codec,
     /// Bytes delivered to each peer, for bandwidth checks.
     pub delivered_bytes: HashMap<SocketAddr, u64>,
     pub dropped: u64,
@@ -107,6 +110,7 @@ impl Net {
             downlinks: HashMap::new(),
             in_flight: Vec::new(),
             next_track: 1,
+            video_codec: Codec::Vp8,
             delivered_bytes: HashMap::new(),
             dropped: 0,
         }
@@ -118,7 +122,14 @@ impl Net {
         let index = self.peers.len();
         let id = ParticipantId(index as u64 + 1);
         let addr: SocketAddr = format!("10.0.1.{}:5000", index + 1).parse().unwrap();
-        let mut rtc = Rtc::builder().build(self.now);
+        let builder = match self.video_codec {
+            Codec::H264 => Rtc::builder()
+                .clear_codecs()
+                .enable_opus(true, false)
+                .enable_h264(true),
+            _ => Rtc::builder(),
+        };
+        let mut rtc = builder.build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut change = rtc.sdp_api();
         let (mut audio_mid, mut video_mid) = (None, None);
@@ -197,6 +208,7 @@ impl Net {
             connected: false,
             publishing: publish,
             audio_level: -30,
+            video_codec: self.video_codec,
             force_keyframe: Vec::new(),
             next_audio: self.now,
             next_video: self.now,
@@ -358,9 +370,16 @@ impl Peer {
         match event {
             Event::Connected => self.connected = true,
             Event::MediaData(data) => {
+                // H.264 frames arrive in Annex B form; the markers follow the NAL header.
+                let skip = if data.data.starts_with(&[0, 0, 0, 1]) {
+                    4
+                } else {
+                    0
+                };
+                let data_bytes = &data.data[skip..];
                 let (layer, from) = (
-                    data.data.get(1).copied().unwrap_or(0),
-                    data.data.get(2).copied().unwrap_or(0),
+                    data_bytes.get(1).copied().unwrap_or(0),
+                    data_bytes.get(2).copied().unwrap_or(0),
                 );
                 self.received.entry(data.mid).or_default().push(Frame {
                     at: now,
@@ -378,12 +397,13 @@ impl Peer {
     }
 
     fn params(&mut self, mid: Mid, kind: MediaKind) -> PayloadParams {
+        let video_codec = self.video_codec;
         let writer = self.rtc.writer(mid).unwrap();
         *writer
             .payload_params()
             .find(|p| match kind {
                 MediaKind::Audio => p.spec().codec == str0m::format::Codec::Opus,
-                MediaKind::Video => p.spec().codec == str0m::format::Codec::Vp8,
+                MediaKind::Video => p.spec().codec == video_codec,
             })
             .unwrap()
     }
@@ -424,6 +444,17 @@ impl Peer {
                     .any(|r| r.is_none() || *r == rid_key);
                 let keyframe = periodic_key || forced;
                 let mut frame = vec![0u8; (bps / 8 / 30) as usize];
+                if self.video_codec == Codec::H264 {
+                    // One Annex B NAL unit: IDR (type 5) or non-IDR slice (type 1); no zero
+                    // bytes in the body, which would read as start codes.
+                    frame.fill(0xaa);
+                    frame[..5].copy_from_slice(&[0, 0, 0, 1, if keyframe { 0x65 } else { 0x41 }]);
+                    frame[5] = rid.as_bytes()[0];
+                    frame[6] = me;
+                    let writer = self.rtc.writer(mid).unwrap().rid(Rid::from(rid));
+                    writer.write(pt, now, ts, frame).unwrap();
+                    continue;
+                }
                 if keyframe {
                     // VP8 keyframe header: tag, start code, 14-bit width and height.
                     frame[..10].copy_from_slice(&[0x50, 0, 0, 0x9d, 0x01, 0x2a, 0, 0, 0, 0]);
