@@ -170,10 +170,7 @@ async fn bad_input_gets_clear_errors_and_harms_nobody_else() {
     let server = TestServer::start(GRACE).await;
     let (mut good, _) = Client::join(&server, &server.token("r", "good", Role::Speaker)).await;
     let (mut bad, _) = Client::join(&server, &server.token("r", "bad", Role::Speaker)).await;
-    good.expect("bad's arrival", |m| {
-        matches!(m, ServerMessage::ParticipantJoined { .. })
-    })
-    .await;
+    good.expect_arrival().await;
 
     let cases: Vec<(String, ErrorCode)> = vec![
         ("{not json".into(), ErrorCode::BadMessage),
@@ -282,11 +279,7 @@ async fn a_dropped_socket_resumes_as_the_same_participant() {
         Client::join(&server, &server.token("r", "watcher", Role::Speaker)).await;
     let (client, joined) = Client::join(&server, &token).await;
     let (id, resume_token) = participant_of(&joined);
-    watcher
-        .expect("arrival", |m| {
-            matches!(m, ServerMessage::ParticipantJoined { .. })
-        })
-        .await;
+    watcher.expect_arrival().await;
 
     client.drop_connection();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -333,24 +326,11 @@ async fn a_socket_that_does_not_come_back_leaves_after_the_grace_period() {
         Client::join(&server, &server.token("r", "watcher", Role::Speaker)).await;
     let (client, joined) = Client::join(&server, &server.token("r", "gone", Role::Speaker)).await;
     let (id, _) = participant_of(&joined);
-    watcher
-        .expect("arrival", |m| {
-            matches!(m, ServerMessage::ParticipantJoined { .. })
-        })
-        .await;
+    watcher.expect_arrival().await;
     client.drop_connection();
-    let left = watcher
-        .expect("departure", |m| {
-            matches!(m, ServerMessage::ParticipantLeft { .. })
-        })
+    watcher
+        .expect_departure(id, LeaveReason::Disconnected)
         .await;
-    assert_eq!(
-        left,
-        ServerMessage::ParticipantLeft {
-            participant_id: id,
-            reason: LeaveReason::Disconnected
-        }
-    );
     server.shutdown().await;
 }
 
@@ -370,18 +350,7 @@ async fn leave_says_bye_and_tells_the_room() {
         })
     );
     assert_eq!(leaver.recv().await, None, "then the socket closes");
-    let left = watcher
-        .expect("departure", |m| {
-            matches!(m, ServerMessage::ParticipantLeft { .. })
-        })
-        .await;
-    assert_eq!(
-        left,
-        ServerMessage::ParticipantLeft {
-            participant_id: id,
-            reason: LeaveReason::Left
-        }
-    );
+    watcher.expect_departure(id, LeaveReason::Left).await;
     server.shutdown().await;
 }
 

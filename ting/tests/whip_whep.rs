@@ -106,38 +106,42 @@ async fn whip_refuses_bad_requests_clearly() {
     let body: serde_json::Value = no_token.json().await.unwrap();
     assert_eq!(body["code"], "invalid_token");
 
-    let other_room = post_sdp(
-        &server,
-        "/whip/live",
-        &server.token("elsewhere", "x", Role::Speaker),
-        sdp.clone(),
-    )
-    .await;
-    assert_eq!(other_room.status(), 403);
-    let viewer = post_sdp(
-        &server,
-        "/whip/live",
-        &server.token("live", "v", Role::Viewer),
-        sdp.clone(),
-    )
-    .await;
-    assert_eq!(viewer.status(), 403);
-    let garbage = post_sdp(
-        &server,
-        "/whip/live",
-        &server.token("live", "g", Role::Speaker),
-        "m=video nonsense".into(),
-    )
-    .await;
-    assert_eq!(garbage.status(), 400);
-    let bad_room = post_sdp(
-        &server,
-        "/whip/..%2Fetc",
-        &server.token("live", "g", Role::Speaker),
-        sdp.clone(),
-    )
-    .await;
-    assert_eq!(bad_room.status(), 400);
+    let refusals = [
+        (
+            "/whip/live",
+            server.token("elsewhere", "x", Role::Speaker),
+            sdp.clone(),
+            403,
+        ),
+        (
+            "/whip/live",
+            server.token("live", "v", Role::Viewer),
+            sdp.clone(),
+            403,
+        ),
+        (
+            "/whip/live",
+            server.token("live", "g", Role::Speaker),
+            "m=video nonsense".into(),
+            400,
+        ),
+        (
+            "/whip/..%2Fetc",
+            server.token("live", "g", Role::Speaker),
+            sdp.clone(),
+            400,
+        ),
+        (
+            "/whip/live",
+            server.token("live", "h", Role::Speaker),
+            "a".repeat(1 << 20),
+            413,
+        ),
+    ];
+    for (path, token, body, status) in refusals {
+        let response = post_sdp(&server, path, &token, body).await;
+        assert_eq!(response.status(), status, "{path}");
+    }
     let json = http
         .post(server.url("/whip/live"))
         .bearer_auth(server.token("live", "j", Role::Speaker))
@@ -147,14 +151,6 @@ async fn whip_refuses_bad_requests_clearly() {
         .await
         .unwrap();
     assert_eq!(json.status(), 415);
-    let huge = post_sdp(
-        &server,
-        "/whip/live",
-        &server.token("live", "h", Role::Speaker),
-        "a".repeat(1 << 20),
-    )
-    .await;
-    assert_eq!(huge.status(), 413);
     server.shutdown().await;
 }
 

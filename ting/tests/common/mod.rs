@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use ting::config::ServeConfig;
-use ting_protocol::{ClientMessage, ParticipantId, Role, RoomId, ServerMessage};
+use ting_protocol::{ClientMessage, LeaveReason, ParticipantId, Role, RoomId, ServerMessage};
 use ting_signalling::TokenKeys;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -177,6 +177,30 @@ impl Client {
                 None => panic!("socket closed while waiting for {what}"),
             }
         }
+    }
+
+    /// Waits for `participant_joined`.
+    pub async fn expect_arrival(&mut self) {
+        self.expect("participant_joined", |m| {
+            matches!(m, ServerMessage::ParticipantJoined { .. })
+        })
+        .await;
+    }
+
+    /// Waits for `participant_left` and checks who left and why.
+    pub async fn expect_departure(&mut self, id: ParticipantId, reason: LeaveReason) {
+        let left = self
+            .expect("participant_left", |m| {
+                matches!(m, ServerMessage::ParticipantLeft { .. })
+            })
+            .await;
+        assert_eq!(
+            left,
+            ServerMessage::ParticipantLeft {
+                participant_id: id,
+                reason
+            }
+        );
     }
 
     /// Asserts nothing arrives for `quiet`.

@@ -256,6 +256,27 @@ pub async fn post_sdp(
         .unwrap()
 }
 
+/// POSTs an offer for audio and video in `direction` to a WHIP/WHEP `path`, applies the
+/// answer, and returns the session's `Location` and the m-lines (audio, video).
+async fn negotiate(
+    server: &super::TestServer,
+    peer: &mut MediaPeer,
+    path: &str,
+    token: &str,
+    direction: Direction,
+) -> (String, Vec<Mid>) {
+    let (offer, pending, mids) =
+        peer.offer(&[(MediaKind::Audio, direction), (MediaKind::Video, direction)]);
+    let response = post_sdp(server, path, token, offer.to_sdp_string()).await;
+    assert_eq!(response.status(), 201, "POST {path}");
+    assert_eq!(response.headers()["content-type"], "application/sdp");
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let answer =
+        str0m::change::SdpAnswer::from_sdp_string(&response.text().await.unwrap()).unwrap();
+    peer.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    (location, mids)
+}
+
 /// One WHIP publisher: its peer, its Bearer token, and the marker its frames carry.
 pub struct Sender<'a> {
     pub peer: MediaPeer,
@@ -272,8 +293,6 @@ pub async fn broadcast(
     (mut player, player_token, query): (MediaPeer, &str, &str),
     duration: Duration,
 ) -> Broadcast {
-    use str0m::change::SdpAnswer;
-
     let mut publishers = Vec::new();
     let mut publisher_locations = Vec::new();
     for Sender {
@@ -282,42 +301,22 @@ pub async fn broadcast(
         marker,
     } in senders
     {
-        let (offer, pending, mids) = peer.offer(&[
-            (MediaKind::Audio, Direction::SendOnly),
-            (MediaKind::Video, Direction::SendOnly),
-        ]);
-        let response = post_sdp(
-            server,
-            &format!("/whip/{room}"),
-            token,
-            offer.to_sdp_string(),
-        )
-        .await;
-        assert_eq!(response.status(), 201);
-        assert_eq!(response.headers()["content-type"], "application/sdp");
-        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        let path = format!("/whip/{room}");
+        let (location, mids) =
+            negotiate(server, &mut peer, &path, token, Direction::SendOnly).await;
         assert!(location.starts_with(&format!("/whip/{room}/")));
-        let answer = SdpAnswer::from_sdp_string(&response.text().await.unwrap()).unwrap();
-        peer.rtc.sdp_api().accept_answer(pending, answer).unwrap();
         publisher_locations.push(location);
         publishers.push((peer, Publisher::new(mids, marker)));
     }
-
-    let (offer, pending, play_mids) = player.offer(&[
-        (MediaKind::Audio, Direction::RecvOnly),
-        (MediaKind::Video, Direction::RecvOnly),
-    ]);
-    let response = post_sdp(
+    let path = format!("/whep/{room}{query}");
+    let (player_location, play_mids) = negotiate(
         server,
-        &format!("/whep/{room}{query}"),
+        &mut player,
+        &path,
         player_token,
-        offer.to_sdp_string(),
+        Direction::RecvOnly,
     )
     .await;
-    assert_eq!(response.status(), 201);
-    let player_location = response.headers()["location"].to_str().unwrap().to_owned();
-    let answer = SdpAnswer::from_sdp_string(&response.text().await.unwrap()).unwrap();
-    player.rtc.sdp_api().accept_answer(pending, answer).unwrap();
 
     let deadline = Instant::now() + duration;
     let publishing: Vec<_> = publishers
