@@ -339,7 +339,7 @@ impl Hub {
             let member = rooms.member_mut(participant).ok_or_else(not_joined)?;
             let old = std::mem::replace(&mut member.info.tracks, next.clone());
             let hidden = member.hidden;
-            if let Some(r) = rooms.room(&room).filter(|_| !hidden) {
+            if let Some(r) = rooms.room_mut(&room).filter(|_| !hidden) {
                 for gone in old.iter().filter(|o| !next.iter().any(|n| n.id == o.id)) {
                     r.broadcast(
                         &ServerMessage::TrackUnpublished {
@@ -432,7 +432,7 @@ impl Hub {
             track: info.clone(),
         };
         self.0.sfu.set_muted(track, muted);
-        if let Some(r) = rooms.room(&room) {
+        if let Some(r) = rooms.room_mut(&room) {
             r.broadcast(&update, None);
         }
         Ok(())
@@ -554,7 +554,7 @@ impl Hub {
     pub fn shutdown(&self) {
         let outboxes = self.rooms().all_outboxes();
         for outbox in outboxes {
-            let _ = outbox.send(ServerMessage::Bye {
+            let _ = outbox.try_send(ServerMessage::Bye {
                 reason: LeaveReason::ServerShutdown,
             });
         }

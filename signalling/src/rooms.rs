@@ -9,7 +9,11 @@ use ting_protocol::{
 };
 use tokio::sync::mpsc;
 
-pub type Outbox = mpsc::UnboundedSender<ServerMessage>;
+pub type Outbox = mpsc::Sender<ServerMessage>;
+
+/// Messages queued for one socket. A client that falls this far behind is disconnected (it
+/// may resume and get a fresh roster) instead of making the server buffer without bound.
+pub const OUTBOX_CAPACITY: usize = 512;
 
 #[derive(Debug)]
 pub struct Member {
@@ -62,14 +66,19 @@ impl Room {
             .collect()
     }
 
-    pub fn broadcast(&self, message: &ServerMessage, except: Option<ParticipantId>) {
-        for member in self.members.values() {
+    pub fn broadcast(&mut self, message: &ServerMessage, except: Option<ParticipantId>) {
+        for member in self.members.values_mut() {
             if Some(member.info.id) == except {
                 continue;
             }
-            if let Some(outbox) = &member.outbox {
-                // A closed outbox means the socket is going away; its cleanup handles the rest.
-                let _ = outbox.send(message.clone());
+            let delivered = member
+                .outbox
+                .as_ref()
+                .map(|o| o.try_send(message.clone()).is_ok());
+            if delivered == Some(false) {
+                // Too far behind, or the socket is going away: dropping the sender ends the
+                // session's loop, which starts the resume grace period.
+                member.outbox = None;
             }
         }
     }
@@ -156,7 +165,7 @@ impl Rooms {
             room.active_speaker = None;
         }
         if let Some(outbox) = &member.outbox {
-            let _ = outbox.send(ServerMessage::Bye { reason });
+            let _ = outbox.try_send(ServerMessage::Bye { reason });
         }
         if !member.hidden {
             room.broadcast(
@@ -178,7 +187,7 @@ impl Rooms {
     pub fn attach(&mut self, participant: ParticipantId, outbox: Outbox) -> Option<u64> {
         let member = self.member_mut(participant)?;
         if let Some(old) = member.outbox.replace(outbox) {
-            let _ = old.send(ServerMessage::Bye {
+            let _ = old.try_send(ServerMessage::Bye {
                 reason: LeaveReason::Replaced,
             });
         }
@@ -205,7 +214,7 @@ impl Rooms {
 
     pub fn send_to(&self, participant: ParticipantId, message: ServerMessage) {
         if let Some(outbox) = self.member(participant).and_then(|m| m.outbox.as_ref()) {
-            let _ = outbox.send(message);
+            let _ = outbox.try_send(message);
         }
     }
 
@@ -245,7 +254,7 @@ mod tests {
     #[test]
     fn joins_and_leaves_are_broadcast_as_deltas() {
         let mut rooms = Rooms::default();
-        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        let (tx1, mut rx1) = mpsc::channel(OUTBOX_CAPACITY);
         rooms.add(room(), Member::new(info(1), false, "t1".into()));
         rooms.attach(ParticipantId(1), tx1);
         rooms.add(room(), Member::new(info(2), false, "t2".into()));
@@ -267,7 +276,7 @@ mod tests {
     #[test]
     fn hidden_members_are_not_announced_or_listed() {
         let mut rooms = Rooms::default();
-        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        let (tx1, mut rx1) = mpsc::channel(OUTBOX_CAPACITY);
         rooms.add(room(), Member::new(info(1), false, "t1".into()));
         rooms.attach(ParticipantId(1), tx1);
         rooms.add(room(), Member::new(info(2), true, "t2".into()));
@@ -281,8 +290,8 @@ mod tests {
     fn a_newer_socket_replaces_the_old_one() {
         let mut rooms = Rooms::default();
         rooms.add(room(), Member::new(info(1), false, "t1".into()));
-        let (old_tx, mut old_rx) = mpsc::unbounded_channel();
-        let (new_tx, _new_rx) = mpsc::unbounded_channel();
+        let (old_tx, mut old_rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let (new_tx, _new_rx) = mpsc::channel(OUTBOX_CAPACITY);
         let first = rooms.attach(ParticipantId(1), old_tx).unwrap_or_default();
         let second = rooms.attach(ParticipantId(1), new_tx).unwrap_or_default();
         assert!(matches!(
@@ -297,6 +306,29 @@ mod tests {
         );
         assert!(rooms.detach(ParticipantId(1), second));
         assert!(rooms.still_detached(ParticipantId(1), second));
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_cut_off_not_buffered_forever() {
+        let mut rooms = Rooms::default();
+        rooms.add(room(), Member::new(info(1), false, "t1".into()));
+        let (slow_tx, mut slow_rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let generation = rooms.attach(ParticipantId(1), slow_tx).unwrap_or_default();
+        for i in 0..OUTBOX_CAPACITY as u64 + 10 {
+            rooms.add(room(), Member::new(info(100 + i), false, format!("t{i}")));
+        }
+        assert!(
+            rooms.still_detached(ParticipantId(1), generation),
+            "the slow socket was dropped"
+        );
+        let mut queued = 0;
+        while slow_rx.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(
+            queued, OUTBOX_CAPACITY,
+            "it got what fit, in order, then its channel closed"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info_span};
 
 use crate::hub::{Hub, HubError};
+use crate::rooms::OUTBOX_CAPACITY;
 
 /// Close codes (4000–4999 are for applications).
 const CLOSE_PROTOCOL: u16 = 4000;
@@ -135,9 +136,7 @@ where
     }
 
     /// Waits for a valid `join`; other messages get `not_joined`. Token problems end the socket.
-    async fn await_join(
-        &mut self,
-    ) -> Option<(ParticipantId, u64, mpsc::UnboundedReceiver<ServerMessage>)> {
+    async fn await_join(&mut self) -> Option<(ParticipantId, u64, mpsc::Receiver<ServerMessage>)> {
         loop {
             let (version, token, room, resume) = match self.next().await {
                 Incoming::Gone => return None,
@@ -173,7 +172,7 @@ where
                     return None;
                 }
             };
-            let (outbox, outbox_rx) = mpsc::unbounded_channel();
+            let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
             let attached = match resume {
                 Some(resume) => self.hub.resume(&resume, &claims, outbox),
                 None => self.hub.join(&claims, false, Some(outbox)).await,
@@ -193,12 +192,15 @@ where
         &mut self,
         participant: ParticipantId,
         generation: u64,
-        mut outbox: mpsc::UnboundedReceiver<ServerMessage>,
+        mut outbox: mpsc::Receiver<ServerMessage>,
     ) {
         loop {
             tokio::select! {
                 out = outbox.recv() => {
                     let Some(message) = out else {
+                        // The hub dropped our outbox: this client fell too far behind.
+                        self.close(CLOSE_PROTOCOL, "too slow").await;
+                        self.hub.socket_lost(participant, generation);
                         return;
                     };
                     let bye = matches!(message, ServerMessage::Bye { .. });
