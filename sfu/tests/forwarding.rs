@@ -295,3 +295,32 @@ fn h264_simulcast_is_forwarded_and_starts_on_a_keyframe() {
         "the small layer of peer 1"
     );
 }
+
+#[test]
+fn lost_packets_are_recovered_by_retransmission() {
+    let mut net = Net::new();
+    let publisher = net.add_peer(true, 0);
+    let viewer = net.add_peer(false, 1);
+    net.subscribe_to(viewer, &[publisher], None);
+    net.run_for(secs(3));
+    // One packet in ten to the viewer is lost. Top-layer frames span several packets, so
+    // without NACK/RTX well over a tenth of the frames would never complete.
+    net.set_downlink_loss(viewer, 100);
+    net.run_for(secs(1));
+    let since = net.now;
+    net.run_for(secs(4));
+    let frames = net.frames(viewer, net.peers[viewer].recv_video[0], since);
+    assert!(
+        net.dropped > 50,
+        "the link really dropped packets: {}",
+        net.dropped
+    );
+    // 30 frames/s for 4 s; allow a little for frames still in flight at the edges.
+    assert!(
+        frames.len() >= 114,
+        "frames completed despite loss: {}/120",
+        frames.len()
+    );
+    let nacks = net.metrics.nacks.with_label_values(&["in"]).get();
+    assert!(nacks > 0, "the viewer's NACKs reached the SFU: {nacks}");
+}

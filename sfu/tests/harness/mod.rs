@@ -69,6 +69,8 @@ pub struct Peer {
 struct Link {
     capacity_bps: Option<u64>,
     busy_until: Instant,
+    /// Random loss in packets per thousand.
+    loss_per_mille: u32,
 }
 
 struct InFlight {
@@ -89,6 +91,10 @@ pub struct Net {
     /// Bytes delivered to each peer, for bandwidth checks.
     pub delivered_bytes: HashMap<SocketAddr, u64>,
     pub dropped: u64,
+    /// The core's metrics (shared atomics).
+    pub metrics: SfuMetrics,
+    /// Seeded xorshift state for link loss: runs are repeatable.
+    rng: u64,
 }
 
 pub fn sfu_addr() -> SocketAddr {
@@ -98,13 +104,16 @@ pub fn sfu_addr() -> SocketAddr {
 impl Net {
     pub fn new() -> Self {
         let now = Instant::now();
+        let metrics = SfuMetrics::unregistered();
         let config = SfuConfig {
             host_candidates: vec![sfu_addr()],
             ..Default::default()
         };
         Self {
             now,
-            sfu: Sfu::new(config, SfuMetrics::unregistered(), now),
+            sfu: Sfu::new(config, metrics.clone(), now),
+            metrics,
+            rng: 0x2545_f491_4f6c_dd1d,
             peers: Vec::new(),
             events: Vec::new(),
             downlinks: HashMap::new(),
@@ -191,6 +200,7 @@ impl Net {
             Link {
                 capacity_bps: None,
                 busy_until: self.now,
+                loss_per_mille: 0,
             },
         );
         self.peers.push(Peer {
@@ -238,6 +248,11 @@ impl Net {
         self.sfu
             .set_subscriptions(self.now, id, &subs)
             .expect("valid subscriptions");
+    }
+
+    pub fn set_downlink_loss(&mut self, peer: usize, per_mille: u32) {
+        let addr = self.peers[peer].addr;
+        self.downlinks.get_mut(&addr).unwrap().loss_per_mille = per_mille;
     }
 
     pub fn set_downlink(&mut self, peer: usize, capacity_bps: Option<u64>) {
@@ -320,6 +335,13 @@ impl Net {
         let Some(link) = self.downlinks.get_mut(&t.destination) else {
             return;
         };
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        if (self.rng % 1000) < u64::from(link.loss_per_mille) {
+            self.dropped += 1;
+            return;
+        }
         let depart = match link.capacity_bps {
             None => now,
             Some(bps) => {
