@@ -52,6 +52,42 @@ pub enum ClientMessage {
         #[serde(default)]
         nonce: u64,
     },
+    /// Raise or lower one's hand (ask to speak).
+    RaiseHand { raised: bool },
+    /// Moderation: change a participant's role (e.g. promote an attendee to speaker and back).
+    SetRole {
+        participant_id: ParticipantId,
+        role: Role,
+    },
+    /// Moderation: mute a participant's audio or stop their video (`muted: true`), or allow
+    /// them to unmute again (`muted: false`; the participant unmutes themselves).
+    MuteParticipant {
+        participant_id: ParticipantId,
+        kind: TrackKind,
+        #[serde(default = "yes")]
+        muted: bool,
+    },
+    /// Moderation: mute everybody's audio (or video) except moderators.
+    MuteAll { kind: TrackKind },
+    /// Moderation: remove a participant from the meeting; they cannot rejoin it.
+    RemoveParticipant { participant_id: ParticipantId },
+    /// Moderation: change room settings; absent fields stay as they are.
+    UpdateRoom {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locked: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lobby: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allow_self_unmute: Option<bool>,
+    },
+    /// Moderation: let a participant in from the lobby.
+    Admit { participant_id: ParticipantId },
+    /// Moderation: turn a participant in the lobby away.
+    Deny { participant_id: ParticipantId },
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Messages the server sends to a client.
@@ -74,6 +110,31 @@ pub enum ServerMessage {
         participants: Vec<ParticipantInfo>,
         /// The current active speaker, if anybody speaks.
         active_speaker: Option<ParticipantId>,
+        #[serde(default)]
+        settings: RoomSettings,
+        /// Participants waiting in the lobby (sent to moderators only; empty otherwise).
+        #[serde(default)]
+        lobby: Vec<ParticipantInfo>,
+    },
+    /// Answer to `join` while the room's lobby is on: wait until a moderator admits you
+    /// (`joined` follows) or denies you (`bye` with reason `denied`). No media, no roster.
+    Waiting {
+        room: RoomId,
+    },
+    /// To moderators: who waits in the lobby now (the complete list).
+    LobbyUpdated {
+        waiting: Vec<ParticipantInfo>,
+    },
+    /// The room's settings changed.
+    RoomUpdated {
+        settings: RoomSettings,
+    },
+    /// To a participant: a moderator acted on you.
+    Moderated {
+        action: ModerationAction,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<TrackKind>,
+        by: ParticipantId,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -136,6 +197,43 @@ impl Role {
     pub fn may_publish(self) -> bool {
         matches!(self, Role::Host | Role::Moderator | Role::Speaker)
     }
+
+    /// Hosts and moderators run the meeting.
+    pub fn moderates(self) -> bool {
+        matches!(self, Role::Host | Role::Moderator)
+    }
+}
+
+/// Room-wide settings moderators control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSettings {
+    /// Nobody new may join (hosts and moderators still can).
+    pub locked: bool,
+    /// New participants wait in the lobby until a moderator admits them.
+    pub lobby: bool,
+    /// Whether participants muted by a moderator may unmute themselves.
+    pub allow_self_unmute: bool,
+}
+
+impl Default for RoomSettings {
+    fn default() -> Self {
+        Self {
+            locked: false,
+            lobby: false,
+            allow_self_unmute: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModerationAction {
+    /// Your audio was muted or your video stopped (`kind`).
+    Muted,
+    /// You may unmute `kind` again.
+    UnmuteAllowed,
+    /// Your role changed; see `participant_updated`.
+    RoleChanged,
 }
 
 impl std::str::FromStr for Role {
@@ -156,6 +254,9 @@ pub struct ParticipantInfo {
     pub name: String,
     pub role: Role,
     pub tracks: Vec<TrackInfo>,
+    /// Asking to speak.
+    #[serde(default)]
+    pub hand_raised: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -229,6 +330,10 @@ pub enum LeaveReason {
     Replaced,
     /// The server is shutting down.
     ServerShutdown,
+    /// A moderator removed the participant.
+    Removed,
+    /// A moderator turned the participant away from the lobby.
+    Denied,
 }
 
 /// Machine-readable error codes. A client shows `message`; it branches on `code`.
@@ -257,6 +362,8 @@ pub enum ErrorCode {
     /// The participant's role does not allow this.
     NotAllowed,
     UnknownTrack,
+    /// The room is locked; ask a moderator.
+    RoomLocked,
     /// The media server is overloaded or shutting down.
     Unavailable,
     Internal,

@@ -140,7 +140,11 @@ impl Hub {
         &self.0.sessions
     }
 
-    fn rooms(&self) -> MutexGuard<'_, Rooms> {
+    pub(crate) fn sfu(&self) -> &SfuHandle {
+        &self.0.sfu
+    }
+
+    pub(crate) fn rooms(&self) -> MutexGuard<'_, Rooms> {
         // A panic while holding the lock would be a bug elsewhere; the state itself stays
         // consistent because every update is a single insert/remove.
         self.0
@@ -149,7 +153,7 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn update_gauges(&self, rooms: &Rooms) {
+    pub(crate) fn update_gauges(&self, rooms: &Rooms) {
         self.0.metrics.rooms.set(rooms.room_count() as i64);
         self.0
             .metrics
@@ -157,8 +161,10 @@ impl Hub {
             .set(rooms.participant_count() as i64);
     }
 
-    /// Adds a participant to its room and creates its media connection. `outbox` is `None` for
-    /// WHIP/WHEP sessions, which have no socket.
+    /// Adds a participant to its room and creates its media connection — or, when the room's
+    /// lobby is on, puts it in the lobby until a moderator admits it. `outbox` is `None` for
+    /// WHIP/WHEP sessions, which have no socket (they are set up by token holders and skip the
+    /// lobby).
     pub async fn join(
         &self,
         claims: &Claims,
@@ -172,19 +178,45 @@ impl Hub {
             ));
         }
         let id = ParticipantId(self.0.next_participant.fetch_add(1, Ordering::Relaxed));
-        self.0.sfu.add_peer(claims.room.clone(), id).await?;
         let info = ParticipantInfo {
             id,
             identity: claims.sub.clone(),
             name: claims.name.clone(),
             role: claims.role,
             tracks: Vec::new(),
+            hand_raised: false,
         };
+        let member = Member::new(info, hidden, random_token());
+        {
+            let mut rooms = self.rooms();
+            let settings = rooms
+                .room(&claims.room)
+                .map(|r| (r.settings, r.banned.contains(&claims.sub)));
+            let (settings, banned) = settings.unwrap_or_default();
+            if banned {
+                return Err(HubError::new(
+                    ErrorCode::NotAllowed,
+                    "you were removed from this meeting",
+                ));
+            }
+            if settings.locked && !claims.role.moderates() {
+                return Err(HubError::new(
+                    ErrorCode::RoomLocked,
+                    "the meeting is locked",
+                ));
+            }
+            if let Some(outbox) = outbox
+                .clone()
+                .filter(|_| settings.lobby && !claims.role.moderates())
+            {
+                rooms.add_to_lobby(claims.room.clone(), member, outbox);
+                info!(room = %claims.room, participant = %id, "waiting in the lobby");
+                return Ok((id, 1));
+            }
+        }
+        self.0.sfu.add_peer(claims.room.clone(), id).await?;
         let mut rooms = self.rooms();
-        rooms.add(
-            claims.room.clone(),
-            Member::new(info, hidden, random_token()),
-        );
+        rooms.add(claims.room.clone(), member);
         let generation = match outbox {
             Some(outbox) => {
                 let generation = rooms.attach(id, outbox).unwrap_or_default();
@@ -227,7 +259,7 @@ impl Hub {
     }
 
     /// Queues `joined` for a member that was just added or attached.
-    fn send_joined(&self, rooms: &Rooms, id: ParticipantId, resumed: bool) {
+    pub(crate) fn send_joined(&self, rooms: &Rooms, id: ParticipantId, resumed: bool) {
         let Some(room_id) = rooms.room_of(id) else {
             return;
         };
@@ -243,6 +275,12 @@ impl Hub {
             resume_grace_secs: self.0.config.resume_grace.as_secs() as u32,
             participants: room.roster(Some(id)),
             active_speaker: room.active_speaker,
+            settings: room.settings,
+            lobby: if member.info.role.moderates() {
+                room.lobby_list()
+            } else {
+                Vec::new()
+            },
         };
         rooms.send_to(id, joined);
     }
@@ -250,8 +288,16 @@ impl Hub {
     /// The socket of `participant` went away without `leave`: keep the participant for the grace
     /// period, then remove it unless a socket came back.
     pub fn socket_lost(&self, participant: ParticipantId, generation: u64) {
-        if !self.rooms().detach(participant, generation) {
-            return;
+        {
+            let mut rooms = self.rooms();
+            if rooms.lobby_room_of(participant).is_some() {
+                // Nobody waits in a lobby without a socket.
+                rooms.take_from_lobby(participant);
+                return;
+            }
+            if !rooms.detach(participant, generation) {
+                return;
+            }
         }
         debug!(participant = %participant, "socket lost; waiting for a resume");
         let hub = self.clone();
@@ -269,6 +315,10 @@ impl Hub {
     pub fn leave(&self, participant: ParticipantId, reason: LeaveReason) {
         let removed = {
             let mut rooms = self.rooms();
+            if let Some((_, member)) = rooms.take_from_lobby(participant) {
+                member.send(ServerMessage::Bye { reason });
+                return;
+            }
             let removed = rooms.remove(participant, reason);
             self.update_gauges(&rooms);
             removed
@@ -287,10 +337,20 @@ impl Hub {
         sdp: String,
         tracks: Vec<PublishedTrack>,
     ) -> Result<ServerMessage, HubError> {
-        let (role, existing) = {
+        let (role, existing, forced_mute) = {
             let rooms = self.rooms();
             let member = rooms.member(participant).ok_or_else(not_joined)?;
-            (member.info.role, member.info.tracks.clone())
+            let allow_self_unmute = rooms
+                .room_of(participant)
+                .and_then(|r| rooms.room(r))
+                .is_none_or(|r| r.settings.allow_self_unmute);
+            // New tracks of a kind a moderator muted start muted when the room forbids unmuting.
+            let forced = if allow_self_unmute {
+                Default::default()
+            } else {
+                member.moderator_muted.clone()
+            };
+            (member.info.role, member.info.tracks.clone(), forced)
         };
         if !tracks.is_empty() && !may_publish(role) {
             return Err(HubError::new(
@@ -317,7 +377,8 @@ impl Hub {
                     mid: t.mid.clone(),
                     kind: t.source.kind(),
                     source: t.source,
-                    muted: kept.map(|e| e.muted).unwrap_or(t.muted),
+                    muted: kept.map(|e| e.muted).unwrap_or(t.muted)
+                        || forced_mute.contains(&t.source.kind()),
                 }
             })
             .collect();
@@ -420,13 +481,23 @@ impl Hub {
     ) -> Result<(), HubError> {
         let mut rooms = self.rooms();
         let room = rooms.room_of(participant).cloned().ok_or_else(not_joined)?;
+        let allow_self_unmute = rooms
+            .room(&room)
+            .is_none_or(|r| r.settings.allow_self_unmute);
         let member = rooms.member_mut(participant).ok_or_else(not_joined)?;
+        let locked = member.moderator_muted.clone();
         let info = member
             .info
             .tracks
             .iter_mut()
             .find(|t| t.id == track)
             .ok_or_else(|| HubError::new(ErrorCode::UnknownTrack, "you have no such track"))?;
+        if !muted && !allow_self_unmute && locked.contains(&info.kind) {
+            return Err(HubError::new(
+                ErrorCode::NotAllowed,
+                "a moderator muted you; raise your hand to ask to speak",
+            ));
+        }
         info.muted = muted;
         let update = ServerMessage::TrackUpdated {
             track: info.clone(),
@@ -485,7 +556,7 @@ impl Hub {
     }
 
     /// Points every WHEP player of the room at what it should show now.
-    fn refresh_followers(&self, room: &RoomId) {
+    pub(crate) fn refresh_followers(&self, room: &RoomId) {
         let plans: Vec<(ParticipantId, Vec<SubscribeRequest>)> = {
             let rooms = self.rooms();
             let Some(r) = rooms.room(room) else {

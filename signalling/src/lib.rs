@@ -9,6 +9,7 @@
 mod http;
 mod hub;
 mod metrics;
+mod moderation;
 mod rooms;
 pub mod sdp_summary;
 mod session;

@@ -2,10 +2,11 @@
 //! outbox of each connected participant. Broadcasts are deltas sent to outboxes; nothing here
 //! blocks or awaits, so the state sits behind a plain mutex.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ting_protocol::{
-    LeaveReason, ParticipantId, ParticipantInfo, RoomId, ServerMessage, TrackId, TrackInfo,
+    LeaveReason, ParticipantId, ParticipantInfo, RoomId, RoomSettings, ServerMessage, TrackId,
+    TrackInfo, TrackKind,
 };
 use tokio::sync::mpsc;
 
@@ -25,6 +26,8 @@ pub struct Member {
     /// Incremented on every (re)attached socket, so a stale socket's cleanup does not detach a
     /// newer one.
     generation: u64,
+    /// Kinds a moderator muted; unmuting them needs the room's `allow_self_unmute`.
+    pub moderator_muted: HashSet<TrackKind>,
 }
 
 impl Member {
@@ -35,6 +38,19 @@ impl Member {
             resume_token,
             outbox: None,
             generation: 0,
+            moderator_muted: HashSet::new(),
+        }
+    }
+
+    /// Whether the member had a socket that has gone away.
+    pub fn socket_closed(&self) -> bool {
+        self.outbox.as_ref().is_some_and(|o| o.is_closed())
+    }
+
+    /// Queues a message for this member's socket, if it has one.
+    pub fn send(&self, message: ServerMessage) {
+        if let Some(outbox) = &self.outbox {
+            let _ = outbox.try_send(message);
         }
     }
 }
@@ -54,9 +70,25 @@ pub struct Room {
     pub members: BTreeMap<ParticipantId, Member>,
     pub active_speaker: Option<ParticipantId>,
     pub followers: Vec<Follower>,
+    pub settings: RoomSettings,
+    /// Waiting to be admitted: no media, no roster.
+    pub lobby: BTreeMap<ParticipantId, Member>,
+    /// Identities a moderator removed; they cannot rejoin this meeting.
+    pub banned: HashSet<String>,
 }
 
 impl Room {
+    /// Sends to the room's hosts and moderators.
+    pub fn tell_moderators(&self, message: &ServerMessage) {
+        for member in self.members.values().filter(|m| m.info.role.moderates()) {
+            member.send(message.clone());
+        }
+    }
+
+    pub fn lobby_list(&self) -> Vec<ParticipantInfo> {
+        self.lobby.values().map(|m| m.info.clone()).collect()
+    }
+
     /// The roster as others see it.
     pub fn roster(&self, except: Option<ParticipantId>) -> Vec<ParticipantInfo> {
         self.members
@@ -95,10 +127,47 @@ impl Room {
 pub struct Rooms {
     rooms: HashMap<RoomId, Room>,
     index: HashMap<ParticipantId, RoomId>,
+    lobby_index: HashMap<ParticipantId, RoomId>,
     by_resume_token: HashMap<String, ParticipantId>,
 }
 
 impl Rooms {
+    /// The room's state, created (empty, default settings) if needed.
+    pub fn room_entry(&mut self, room: &RoomId) -> &mut Room {
+        self.rooms.entry(room.clone()).or_default()
+    }
+
+    /// Puts a member in the room's lobby with its socket and tells the moderators.
+    pub fn add_to_lobby(&mut self, room: RoomId, mut member: Member, outbox: Outbox) {
+        let id = member.info.id;
+        member.outbox = Some(outbox);
+        member.generation = 1;
+        member.send(ServerMessage::Waiting { room: room.clone() });
+        let entry = self.room_entry(&room);
+        entry.lobby.insert(id, member);
+        let waiting = entry.lobby_list();
+        entry.tell_moderators(&ServerMessage::LobbyUpdated { waiting });
+        self.lobby_index.insert(id, room);
+    }
+
+    /// Takes a member out of the lobby (to admit or deny it) and tells the moderators.
+    pub fn take_from_lobby(&mut self, participant: ParticipantId) -> Option<(RoomId, Member)> {
+        let room_id = self.lobby_index.remove(&participant)?;
+        let room = self.rooms.get_mut(&room_id)?;
+        let member = room.lobby.remove(&participant)?;
+        room.tell_moderators(&ServerMessage::LobbyUpdated {
+            waiting: room.lobby_list(),
+        });
+        if room.members.is_empty() && room.lobby.is_empty() {
+            self.rooms.remove(&room_id);
+        }
+        Some((room_id, member))
+    }
+
+    pub fn lobby_room_of(&self, participant: ParticipantId) -> Option<&RoomId> {
+        self.lobby_index.get(&participant)
+    }
+
     pub fn room(&self, room: &RoomId) -> Option<&Room> {
         self.rooms.get(room)
     }
@@ -136,7 +205,9 @@ impl Rooms {
     /// Adds a member and tells the room.
     pub fn add(&mut self, room: RoomId, member: Member) {
         let id = member.info.id;
-        let entry = self.rooms.entry(room.clone()).or_default();
+        self.by_resume_token.insert(member.resume_token.clone(), id);
+        self.index.insert(id, room.clone());
+        let entry = self.room_entry(&room);
         if !member.hidden {
             entry.broadcast(
                 &ServerMessage::ParticipantJoined {
@@ -145,9 +216,7 @@ impl Rooms {
                 None,
             );
         }
-        self.by_resume_token.insert(member.resume_token.clone(), id);
         entry.members.insert(id, member);
-        self.index.insert(id, room);
     }
 
     /// Removes a member and tells the room (and the member itself, with `bye`).
@@ -176,7 +245,7 @@ impl Rooms {
                 None,
             );
         }
-        if room.members.is_empty() {
+        if room.members.is_empty() && room.lobby.is_empty() {
             self.rooms.remove(&room_id);
         }
         Some((room_id, member))
@@ -244,6 +313,7 @@ mod tests {
             name: format!("User {id}"),
             role: Role::Speaker,
             tracks: vec![],
+            hand_raised: false,
         }
     }
 

@@ -380,6 +380,18 @@ impl Sfu {
         Ok(())
     }
 
+    /// Stops forwarding everything the participant publishes (it lost the right to publish).
+    /// Its m-lines stay; a later offer may publish on them again.
+    pub fn unpublish_all(&mut self, participant: ParticipantId) {
+        let Some(peer) = self.peers.get_mut(&participant) else {
+            return;
+        };
+        for (mid, track) in std::mem::take(&mut peer.published) {
+            self.unpublish(participant, mid, track);
+        }
+        self.metrics.tracks.set(self.tracks.len() as i64);
+    }
+
     /// Muted tracks are not forwarded; unmuting video waits for a fresh keyframe.
     pub fn set_muted(
         &mut self,

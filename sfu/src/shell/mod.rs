@@ -55,6 +55,9 @@ enum Command {
     RemovePeer {
         participant: ParticipantId,
     },
+    UnpublishAll {
+        participant: ParticipantId,
+    },
 }
 
 /// Why a command could not be carried out by the shard.
@@ -142,6 +145,10 @@ impl SfuHandle {
     pub fn set_muted(&self, track: TrackId, muted: bool) {
         // A stopped shard has no tracks left to mute.
         let _ = self.commands.send(Command::SetMuted { track, muted });
+    }
+
+    pub fn unpublish_all(&self, participant: ParticipantId) {
+        let _ = self.commands.send(Command::UnpublishAll { participant });
     }
 
     pub fn remove_peer(&self, participant: ParticipantId) {
@@ -369,5 +376,6 @@ fn apply(sfu: &mut Sfu, command: Command) {
             let _ = reply.send(sfu.add_remote_candidate(participant, &candidate));
         }
         Command::RemovePeer { participant } => sfu.remove_peer(participant),
+        Command::UnpublishAll { participant } => sfu.unpublish_all(participant),
     }
 }
