@@ -41,7 +41,14 @@ pub enum ClientMessage {
         sdp_mid: Option<String>,
     },
     /// The full list of what the client wants to receive, and on which receive-only m-line.
-    Subscribe { subscriptions: Vec<Subscription> },
+    /// `audio_slots`, when given, names audio m-lines the server fills with the room's
+    /// loudest speakers (loudest-N) — the way to hear a large meeting without one m-line per
+    /// microphone.
+    Subscribe {
+        subscriptions: Vec<Subscription>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audio_slots: Option<Vec<String>>,
+    },
     /// Mute or unmute one of the client's own tracks. Muted tracks are not forwarded.
     Mute { track_id: TrackId, muted: bool },
     /// Leave the room; the server answers `bye` and closes the socket. (A struct variant so

@@ -12,6 +12,7 @@
 mod core;
 mod demux;
 pub mod layer;
+pub mod loudest;
 mod metrics;
 pub mod shell;
 pub mod speaker;

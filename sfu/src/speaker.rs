@@ -64,6 +64,27 @@ impl<K: Copy + Eq + std::hash::Hash> SpeakerDetector<K> {
         self.current
     }
 
+    /// One participant's smoothed loudness now (0–127 scale; 0 if never heard).
+    pub fn loudness_of(&self, who: K, now: Instant) -> f64 {
+        self.levels
+            .get(&who)
+            .map(|l| decay(l.smoothed, now.saturating_duration_since(l.updated)))
+            .unwrap_or(0.0)
+    }
+
+    /// Everyone's smoothed loudness now (0–127 scale), for loudest-N selection.
+    pub fn loudness(&self, now: Instant) -> HashMap<K, f64> {
+        self.levels
+            .iter()
+            .map(|(k, l)| {
+                (
+                    *k,
+                    decay(l.smoothed, now.saturating_duration_since(l.updated)),
+                )
+            })
+            .collect()
+    }
+
     /// Re-evaluates who speaks; returns the new speaker when it changed. A speaker stays until
     /// somebody else is clearly louder: a silent room keeps its last speaker highlighted, as
     /// users of other meeting tools expect.

@@ -324,3 +324,59 @@ fn lost_packets_are_recovered_by_retransmission() {
     let nacks = net.metrics.nacks.with_label_values(&["in"]).get();
     assert!(nacks > 0, "the viewer's NACKs reached the SFU: {nacks}");
 }
+
+#[test]
+fn receivers_hear_the_loudest_three_and_the_set_changes_with_hysteresis() {
+    let mut net = Net::new();
+    for _ in 0..6 {
+        net.add_peer(true, 0);
+    }
+    let listener = net.add_peer(false, 3);
+    net.use_audio_slots(listener);
+    for (i, level) in [-10, -20, -30, -127, -127, -127].into_iter().enumerate() {
+        net.peers[i].audio_level = level;
+    }
+    net.run_for(secs(3));
+    let since = net.now;
+    net.run_for(secs(1));
+    assert_eq!(
+        net.heard(listener, since),
+        [1, 2, 3].into(),
+        "the three who speak"
+    );
+
+    // A fourth voice about as loud as the third: no flapping between them.
+    net.peers[3].audio_level = -28;
+    let since = net.now;
+    net.run_for(secs(3));
+    assert_eq!(
+        net.heard(listener, since),
+        [1, 2, 3].into(),
+        "the slots stay put"
+    );
+
+    // The third falls silent: the fourth takes its slot quickly.
+    net.peers[2].audio_level = -127;
+    net.run_for(Duration::from_millis(1500));
+    let since = net.now;
+    net.run_for(secs(1));
+    assert_eq!(net.heard(listener, since), [1, 2, 4].into());
+    // Silent publishers never reached the listener at all.
+    assert!(!net.heard(listener, since - secs(10)).contains(&5));
+}
+
+#[test]
+fn a_speaker_in_the_loudest_set_hears_the_others_not_itself() {
+    let mut net = Net::new();
+    for _ in 0..4 {
+        net.add_peer(true, 3);
+    }
+    for (i, level) in [-10, -15, -20, -25].into_iter().enumerate() {
+        net.peers[i].audio_level = level;
+    }
+    net.use_audio_slots(0);
+    net.run_for(secs(4));
+    let since = net.now;
+    net.run_for(secs(1));
+    assert_eq!(net.heard(0, since), [2, 3, 4].into());
+}

@@ -437,6 +437,18 @@ impl Hub {
         })
     }
 
+    /// Lets the server fill these audio m-lines with the room's loudest speakers.
+    pub async fn set_audio_slots(
+        &self,
+        participant: ParticipantId,
+        mids: Vec<String>,
+    ) -> Result<(), HubError> {
+        if self.rooms().member(participant).is_none() {
+            return Err(not_joined());
+        }
+        Ok(self.0.sfu.set_audio_slots(participant, mids).await?)
+    }
+
     /// Applies the subscriptions to tracks of the participant's room; unknown tracks (for
     /// example one unpublished a moment ago) are reported but do not stop the others.
     pub async fn subscribe(

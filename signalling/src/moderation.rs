@@ -209,7 +209,11 @@ impl Hub {
                 });
             }
         }
-        let notice = ServerMessage::Moderated { action, kind: Some(kind), by: actor };
+        let notice = ServerMessage::Moderated {
+            action,
+            kind: Some(kind),
+            by: actor,
+        };
         // Track states first, so the notice finds the client's state already updated.
         if let Some(r) = rooms.room_mut(room) {
             for update in &updates {

@@ -241,7 +241,13 @@ where
             ClientMessage::Candidate { candidate, .. } => {
                 self.hub.add_candidate(participant, candidate).await
             }
-            ClientMessage::Subscribe { subscriptions } => {
+            ClientMessage::Subscribe {
+                subscriptions,
+                audio_slots,
+            } => {
+                if let Some(mids) = audio_slots {
+                    self.hub.set_audio_slots(participant, mids).await?;
+                }
                 self.hub.subscribe(participant, subscriptions).await
             }
             ClientMessage::Mute { track_id, muted } => self.hub.mute(participant, track_id, muted),

@@ -55,6 +55,9 @@ pub struct ServeArgs {
     /// Seconds a participant whose WebSocket dropped is kept for a resume.
     #[arg(long, env = "TING_RESUME_GRACE_SECS")]
     pub resume_grace_secs: Option<u64>,
+    /// Loudest-N: how many speakers each participant hears at once (audio slots).
+    #[arg(long, env = "TING_LOUDEST_N")]
+    pub loudest_n: Option<usize>,
 }
 
 /// The TOML file; every key is optional.
@@ -73,6 +76,7 @@ pub struct FileConfig {
     pub public_ips: Vec<IpAddr>,
     pub quick_start: Option<bool>,
     pub resume_grace_secs: Option<u64>,
+    pub loudest_n: Option<usize>,
 }
 
 impl FileConfig {
@@ -99,6 +103,7 @@ pub struct ServeConfig {
     pub public_ips: Vec<IpAddr>,
     pub quick_start: bool,
     pub resume_grace: Duration,
+    pub loudest_n: usize,
 }
 
 impl ServeConfig {
@@ -125,6 +130,7 @@ impl ServeConfig {
                 args.public_ips.clone()
             },
             quick_start: !args.no_quick_start && file.quick_start.unwrap_or(true),
+            loudest_n: args.loudest_n.or(file.loudest_n).unwrap_or(3).clamp(1, 16),
             resume_grace: Duration::from_secs(
                 args.resume_grace_secs
                     .or(file.resume_grace_secs)

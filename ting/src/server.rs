@@ -61,6 +61,7 @@ pub async fn start(
         host_candidates: locals.clone(),
         reflexive_candidates,
         tcp_candidates: tcp_candidates.clone(),
+        loudest_n: config.loudest_n,
     };
     let sockets = ShardSockets {
         udp: sockets,

@@ -22,6 +22,7 @@ use tracing::{debug, trace};
 
 use crate::demux::{Demux, Route};
 use crate::layer::{VideoDemand, select_layers};
+use crate::loudest::LoudestSet;
 use crate::metrics::SfuMetrics;
 use crate::speaker::SpeakerDetector;
 use peer::{Peer, Slot};
@@ -34,10 +35,12 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// Bandwidth assumed for a receiver before its first estimate.
 const INITIAL_BANDWIDTH: Bitrate = Bitrate::kbps(1_500);
+/// Loudness bonus for a speaker an audio slot already carries (hysteresis per receiver).
+const STICKY_BONUS: f64 = 1.3;
 /// Audio receives this much of a receiver's bandwidth before video is allocated.
 const AUDIO_BUDGET_BPS: u64 = 48_000;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SfuConfig {
     /// Host candidates put in every answer: the local addresses of the shard's sockets.
     pub host_candidates: Vec<SocketAddr>,
@@ -45,6 +48,19 @@ pub struct SfuConfig {
     pub reflexive_candidates: Vec<(SocketAddr, SocketAddr)>,
     /// Passive ICE-TCP candidates (RFC 6544), for clients whose UDP is blocked.
     pub tcp_candidates: Vec<SocketAddr>,
+    /// Loudest-N: how many speakers a receiver's audio slots carry at most.
+    pub loudest_n: usize,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            host_candidates: Vec::new(),
+            reflexive_candidates: Vec::new(),
+            tcp_candidates: Vec::new(),
+            loudest_n: 3,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -111,6 +127,7 @@ pub enum SfuOutput {
 struct RoomMedia {
     members: Vec<ParticipantId>,
     speakers: SpeakerDetector<ParticipantId>,
+    loudest: LoudestSet<ParticipantId>,
 }
 
 pub struct Sfu {
@@ -208,6 +225,8 @@ impl Sfu {
                 connected: false,
                 published: HashMap::new(),
                 slots: HashMap::new(),
+                audio_slots: Vec::new(),
+                idle_timestamps: HashMap::new(),
                 bandwidth_bps: INITIAL_BANDWIDTH.as_u64(),
                 timeout: now,
                 dirty: false,
@@ -337,47 +356,177 @@ impl Sfu {
         }
 
         let peer = self.peer_mut(participant)?;
-        let old: Vec<(Mid, TrackId)> = peer.slots.iter().map(|(m, s)| (*m, s.track)).collect();
-        let mut detach = Vec::new();
-        let mut attach = Vec::new();
-        for (mid, track) in &old {
-            if wanted.get(mid).is_none_or(|s| s.track_id != *track) {
-                detach.push((*mid, *track));
+        let audio_slots = peer.audio_slots.clone();
+        if let Some(mid) = wanted.keys().find(|m| audio_slots.contains(m)) {
+            return Err(SfuError::InvalidSubscription(format!(
+                "mid {mid}: this m-line is an audio slot the server fills"
+            )));
+        }
+        let shown: Vec<(Mid, TrackId)> = peer
+            .slots
+            .iter()
+            .filter(|(m, _)| !audio_slots.contains(m))
+            .map(|(m, s)| (*m, s.track))
+            .collect();
+        for (mid, track) in shown {
+            if wanted.get(&mid).is_none_or(|s| s.track_id != track) {
+                self.show(participant, mid, None);
             }
         }
-        for (mid, sub) in &wanted {
-            match peer.slots.get_mut(mid) {
+        for (mid, sub) in wanted {
+            let peer = self.peer_mut(participant)?;
+            match peer.slots.get_mut(&mid) {
                 Some(slot) if slot.track == sub.track_id => slot.max_height = sub.max_height,
-                _ => attach.push((*mid, sub.track_id, sub.max_height)),
-            }
-        }
-        let mut stale_timestamps = HashMap::new();
-        for (mid, _) in &detach {
-            if let Some(slot) = peer.slots.remove(mid) {
-                stale_timestamps.insert(*mid, slot.timestamps);
-            }
-        }
-        for (mid, track) in detach {
-            if let Some(t) = self.tracks.get_mut(&track) {
-                t.subscribers.retain(|s| *s != (participant, mid));
-            }
-        }
-        let peer = self.peer_mut(participant)?;
-        for (mid, track, max_height) in &attach {
-            // Re-used m-lines continue their timestamp line from the previous source.
-            let mut timestamps = stale_timestamps.remove(mid).unwrap_or_default();
-            timestamps.source_changed();
-            peer.slots
-                .insert(*mid, Slot::new(*track, *max_height, timestamps));
-        }
-        for (mid, track, _) in attach {
-            if let Some(t) = self.tracks.get_mut(&track) {
-                t.subscribers.push((participant, mid));
+                _ => self.show(participant, mid, Some((sub.track_id, sub.max_height))),
             }
         }
         self.select_layers_for(participant);
         self.mark_dirty(participant);
         Ok(())
+    }
+
+    /// Declares the receiver's audio slots: m-lines the server fills with the room's loudest
+    /// speakers (at most `loudest_n`), instead of one m-line per remote microphone.
+    pub fn set_audio_slots(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        mids: &[String],
+    ) -> Result<(), SfuError> {
+        self.now = now;
+        let peer = self
+            .peers
+            .get(&participant)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let mut slots = Vec::new();
+        for mid in mids.iter().take(self.config.loudest_n) {
+            let id = Mid::from(mid.as_str());
+            let invalid =
+                |why: &str| Err(SfuError::InvalidSubscription(format!("mid {mid}: {why}")));
+            match peer.rtc.media(id) {
+                None => return invalid("no such m-line"),
+                Some(m) if m.kind() != MediaKind::Audio => {
+                    return invalid("audio slots are audio m-lines");
+                }
+                Some(m) if !matches!(m.direction(), Direction::SendOnly | Direction::SendRecv) => {
+                    return invalid("m-line does not receive from the server");
+                }
+                Some(_) if slots.contains(&id) => return invalid("m-line used twice"),
+                Some(_) => slots.push(id),
+            }
+        }
+        let before = std::mem::replace(&mut self.peer_mut(participant)?.audio_slots, slots.clone());
+        for mid in before.into_iter().chain(slots) {
+            // Whatever the m-line showed before, the loudest-N assignment decides now.
+            self.show(participant, mid, None);
+        }
+        self.assign_audio_slots(participant);
+        self.mark_dirty(participant);
+        Ok(())
+    }
+
+    /// Points the receiver's m-line `mid` at a track (with the tile height it is shown at), or
+    /// at nothing. The m-line's RTP timestamps continue across sources.
+    fn show(
+        &mut self,
+        participant: ParticipantId,
+        mid: Mid,
+        source: Option<(TrackId, Option<u32>)>,
+    ) {
+        let Some(peer) = self.peers.get_mut(&participant) else {
+            return;
+        };
+        if let Some(old) = peer.slots.remove(&mid) {
+            peer.idle_timestamps.insert(mid, old.timestamps);
+            if let Some(t) = self.tracks.get_mut(&old.track) {
+                t.subscribers.retain(|s| *s != (participant, mid));
+            }
+        }
+        let Some((track, max_height)) = source else {
+            return;
+        };
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        t.subscribers.push((participant, mid));
+        let mut timestamps = peer.idle_timestamps.remove(&mid).unwrap_or_default();
+        timestamps.source_changed();
+        peer.slots
+            .insert(mid, Slot::new(track, max_height, timestamps));
+    }
+
+    /// The first audio track a participant publishes.
+    fn audio_track_of(&self, participant: ParticipantId) -> Option<TrackId> {
+        let peer = self.peers.get(&participant)?;
+        let mut audio: Vec<TrackId> = peer
+            .published
+            .values()
+            .filter(|id| {
+                self.tracks
+                    .get(id)
+                    .is_some_and(|t| t.kind == MediaKind::Audio)
+            })
+            .copied()
+            .collect();
+        audio.sort();
+        audio.first().copied()
+    }
+
+    /// Fills the receiver's audio slots with the room's loudest speakers other than itself,
+    /// keeping speakers on the slot they already have.
+    fn assign_audio_slots(&mut self, participant: ParticipantId) {
+        let Some(peer) = self.peers.get(&participant) else {
+            return;
+        };
+        if peer.audio_slots.is_empty() {
+            return;
+        }
+        let Some(room) = self.rooms.get(&peer.room) else {
+            return;
+        };
+        // The loudest of the set, other than the receiver; what a slot already carries gets a
+        // bonus so that two similar voices do not make the slots flap.
+        let carried: Vec<TrackId> = peer
+            .audio_slots
+            .iter()
+            .filter_map(|m| peer.slots.get(m))
+            .map(|s| s.track)
+            .collect();
+        let mut ranked: Vec<(TrackId, f64)> = room
+            .loudest
+            .members()
+            .iter()
+            .filter(|p| **p != participant)
+            .filter_map(|p| {
+                let track = self.audio_track_of(*p)?;
+                let bonus = if carried.contains(&track) {
+                    STICKY_BONUS
+                } else {
+                    1.0
+                };
+                Some((track, room.speakers.loudness_of(*p, self.now) * bonus))
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let wanted: Vec<TrackId> = ranked
+            .into_iter()
+            .take(peer.audio_slots.len())
+            .map(|(t, _)| t)
+            .collect();
+        let mut free = Vec::new();
+        let mut kept = Vec::new();
+        for mid in &peer.audio_slots {
+            match peer.slots.get(mid).map(|s| s.track) {
+                Some(track) if wanted.contains(&track) => kept.push(track),
+                _ => free.push(*mid),
+            }
+        }
+        let mut newcomers = wanted.into_iter().filter(|t| !kept.contains(t));
+        for mid in free {
+            let source = newcomers.next().map(|track| (track, None));
+            self.show(participant, mid, source);
+        }
+        self.mark_dirty(participant);
     }
 
     /// Stops forwarding everything the participant publishes (it lost the right to publish).
@@ -452,6 +601,7 @@ impl Sfu {
             room.members.retain(|p| *p != participant);
             let was_speaker = room.speakers.current() == Some(participant);
             room.speakers.remove(participant);
+            room.loudest.remove(participant);
             if room.members.is_empty() {
                 self.rooms.remove(&peer.room);
             } else if was_speaker {
@@ -461,6 +611,15 @@ impl Sfu {
                         participant: None,
                     }));
             }
+        }
+        // Audio slots that carried the departed participant take the next loudest.
+        let others: Vec<ParticipantId> = self
+            .rooms
+            .get(&peer.room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for other in others {
+            self.assign_audio_slots(other);
         }
         self.metrics.peers.set(self.peers.len() as i64);
         self.metrics.tracks.set(self.tracks.len() as i64);
@@ -838,8 +997,10 @@ impl Sfu {
             return;
         };
         for (subscriber, sub_mid) in track.subscribers {
-            if let Some(peer) = self.peers.get_mut(&subscriber) {
-                peer.slots.remove(&sub_mid);
+            if let Some(peer) = self.peers.get_mut(&subscriber)
+                && let Some(slot) = peer.slots.remove(&sub_mid)
+            {
+                peer.idle_timestamps.insert(sub_mid, slot.timestamps);
             }
         }
     }
@@ -851,6 +1012,8 @@ impl Sfu {
             self.select_layers_for(participant);
         }
         let mut changes = Vec::new();
+        let mut reassign = Vec::new();
+        let room_size = self.config.loudest_n + 1;
         for (room_id, room) in &mut self.rooms {
             if let Some(speaker) = room.speakers.evaluate(now) {
                 changes.push(SfuEvent::ActiveSpeaker {
@@ -858,8 +1021,17 @@ impl Sfu {
                     participant: speaker,
                 });
             }
+            // One more than a receiver hears: a speaker in the set hears the others.
+            let loudness = room.speakers.loudness(now);
+            room.loudest.update(&loudness, room_size, now);
+            // Within the set the order can change without the set changing; receivers re-rank
+            // (a few comparisons each).
+            reassign.extend(room.members.iter().copied());
         }
         self.out.extend(changes.into_iter().map(SfuOutput::Event));
+        for participant in reassign {
+            self.assign_audio_slots(participant);
+        }
     }
 
     /// Chooses the simulcast layer of every video the participant receives, asks publishers for

@@ -19,6 +19,11 @@ pub struct Peer {
     pub published: HashMap<Mid, TrackId>,
     /// The receiver's m-lines and what they show.
     pub slots: HashMap<Mid, Slot>,
+    /// Receive m-lines the server fills with the room's loudest speakers (loudest-N).
+    pub audio_slots: Vec<Mid>,
+    /// Timestamp lines of m-lines that show nothing right now, kept so the next source
+    /// continues them.
+    pub idle_timestamps: HashMap<Mid, TimestampRewriter>,
     /// Latest egress bandwidth estimate towards this peer.
     pub bandwidth_bps: u64,
     /// When str0m next wants `Input::Timeout`.

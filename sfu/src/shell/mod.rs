@@ -43,6 +43,11 @@ enum Command {
         subscriptions: Vec<SubscribeRequest>,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
+    AudioSlots {
+        participant: ParticipantId,
+        mids: Vec<String>,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
     SetMuted {
         track: TrackId,
         muted: bool,
@@ -124,6 +129,20 @@ impl SfuHandle {
         self.call(|reply| Command::Subscribe {
             participant,
             subscriptions,
+            reply,
+        })
+        .await
+    }
+
+    /// Declares the receiver's loudest-N audio slots.
+    pub async fn set_audio_slots(
+        &self,
+        participant: ParticipantId,
+        mids: Vec<String>,
+    ) -> Result<(), ShardError> {
+        self.call(|reply| Command::AudioSlots {
+            participant,
+            mids,
             reply,
         })
         .await
@@ -362,6 +381,13 @@ fn apply(sfu: &mut Sfu, command: Command) {
             reply,
         } => {
             let _ = reply.send(sfu.set_subscriptions(now, participant, &subscriptions));
+        }
+        Command::AudioSlots {
+            participant,
+            mids,
+            reply,
+        } => {
+            let _ = reply.send(sfu.set_audio_slots(now, participant, &mids));
         }
         Command::SetMuted { track, muted } => {
             if let Err(e) = sfu.set_muted(now, track, muted) {

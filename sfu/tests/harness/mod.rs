@@ -250,6 +250,29 @@ impl Net {
             .expect("valid subscriptions");
     }
 
+    /// Lets the SFU fill all of `who`'s receive-only audio m-lines with the loudest speakers.
+    pub fn use_audio_slots(&mut self, who: usize) {
+        let mids: Vec<String> = self.peers[who]
+            .recv_audio
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let id = self.peers[who].id;
+        self.sfu
+            .set_audio_slots(self.now, id, &mids)
+            .expect("valid audio slots");
+    }
+
+    /// Which publishers (by participant number) `who` heard on its audio m-lines since `since`.
+    pub fn heard(&self, who: usize, since: Instant) -> std::collections::BTreeSet<u64> {
+        self.peers[who]
+            .recv_audio
+            .iter()
+            .flat_map(|mid| self.frames(who, *mid, since))
+            .map(|f| f.from)
+            .collect()
+    }
+
     pub fn set_downlink_loss(&mut self, peer: usize, per_mille: u32) {
         let addr = self.peers[peer].addr;
         self.downlinks.get_mut(&addr).unwrap().loss_per_mille = per_mille;

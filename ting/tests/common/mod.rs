@@ -61,6 +61,7 @@ impl TestServer {
             public_ips: vec![],
             quick_start: true,
             resume_grace,
+            loudest_n: 3,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let running = ting::server::start(config, async move {
