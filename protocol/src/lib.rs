@@ -10,8 +10,9 @@ mod signal;
 
 pub use ids::{ParticipantId, RoomId, RoomIdError, TrackId};
 pub use signal::{
-    ClientMessage, ErrorCode, LeaveReason, ModerationAction, ParticipantInfo, PublishedTrack, Role,
-    RoomSettings, ServerMessage, Subscription, TrackInfo, TrackKind, TrackSource,
+    ClientMessage, Departure, ErrorCode, LeaveReason, ModerationAction, ParticipantInfo,
+    PublishedTrack, Role, RoomSettings, ServerMessage, Subscription, TrackInfo, TrackKind,
+    TrackSource,
 };
 
 /// Version of the signalling protocol spoken on `/ws`.

@@ -59,6 +59,15 @@ pub enum ClientMessage {
         #[serde(default)]
         nonce: u64,
     },
+    /// Ask for a page of the roster, optionally only names containing `query`.
+    RosterPage {
+        #[serde(default)]
+        offset: u32,
+        #[serde(default = "default_page")]
+        limit: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        query: Option<String>,
+    },
     /// Raise or lower one's hand (ask to speak).
     RaiseHand { raised: bool },
     /// Moderation: change a participant's role (e.g. promote an attendee to speaker and back).
@@ -97,6 +106,17 @@ fn yes() -> bool {
     true
 }
 
+fn default_page() -> u32 {
+    100
+}
+
+/// Somebody who left, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departure {
+    pub participant_id: ParticipantId,
+    pub reason: LeaveReason,
+}
+
 /// Messages the server sends to a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -113,8 +133,13 @@ pub enum ServerMessage {
         resume_token: String,
         /// Seconds the server keeps a participant whose socket dropped.
         resume_grace_secs: u32,
-        /// Everybody else in the room, with their tracks.
+        /// The first page of everybody else in the room (hosts and moderators, then speakers,
+        /// then the others, each by name),
+        /// with their tracks; ask for more with `roster_page`.
         participants: Vec<ParticipantInfo>,
+        /// Everyone in the room, viewers included.
+        #[serde(default)]
+        participant_count: u32,
         /// The current active speaker, if anybody speaks.
         active_speaker: Option<ParticipantId>,
         #[serde(default)]
@@ -139,19 +164,32 @@ pub enum ServerMessage {
     /// To a participant: a moderator acted on you.
     Moderated {
         action: ModerationAction,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// The muted (or unmutable) kind, with `muted` and `unmute_allowed`.
         kind: Option<TrackKind>,
+        /// Your new role, with `role_changed`.
+        role: Option<Role>,
         by: ParticipantId,
     },
-    ParticipantJoined {
-        participant: ParticipantInfo,
+    /// Roster changes since the last batch. Sent a few times a second at most and never as a
+    /// full roster, so a join storm costs batches, not one message per join per participant.
+    /// Viewers are not listed; they get `roster_count` instead.
+    RosterChanged {
+        joined: Vec<ParticipantInfo>,
+        left: Vec<Departure>,
+        updated: Vec<ParticipantInfo>,
+        /// Everyone in the room, viewers included.
+        count: u32,
     },
-    ParticipantLeft {
-        participant_id: ParticipantId,
-        reason: LeaveReason,
+    /// To viewers, instead of roster changes: the headcount (at most once a second).
+    RosterCount {
+        count: u32,
     },
-    ParticipantUpdated {
-        participant: ParticipantInfo,
+    /// Answer to `roster_page`.
+    RosterPage {
+        participants: Vec<ParticipantInfo>,
+        /// Matches in all (for the query, if any).
+        total: u32,
+        offset: u32,
     },
     TrackPublished {
         track: TrackInfo,
@@ -163,6 +201,13 @@ pub enum ServerMessage {
     /// A track's state changed (mute).
     TrackUpdated {
         track: TrackInfo,
+    },
+    /// To a publisher: send only these simulcast layers (RIDs) of your track; nobody watches
+    /// the others. An empty list pauses the video until someone watches again. Browsers set
+    /// `RTCRtpEncodingParameters.active` accordingly.
+    PublishLayers {
+        track_id: TrackId,
+        active: Vec<String>,
     },
     /// Answer to the client's `offer`. `tracks` are the ids given to the client's own m-lines.
     Answer {
@@ -239,7 +284,7 @@ pub enum ModerationAction {
     Muted,
     /// You may unmute `kind` again.
     UnmuteAllowed,
-    /// Your role changed; see `participant_updated`.
+    /// Your role changed; the new role is in `role`.
     RoleChanged,
 }
 

@@ -380,3 +380,33 @@ fn a_speaker_in_the_loudest_set_hears_the_others_not_itself() {
     net.run_for(secs(1));
     assert_eq!(net.heard(0, since), [2, 3, 4].into());
 }
+
+#[test]
+fn layers_nobody_watches_are_paused_and_resume_when_asked_for() {
+    let mut net = Net::new();
+    let publisher = net.add_peer(true, 0);
+    let viewer = net.add_peer(false, 1);
+    net.subscribe_to(viewer, &[publisher], Some(90));
+    net.run_for(secs(6));
+    assert_eq!(
+        net.peers[publisher].active_layers,
+        Some(vec!["q".to_string()]),
+        "only the small layer is watched"
+    );
+    // The viewer enlarges the tile: the top layer is asked for again and arrives.
+    net.subscribe_to(viewer, &[publisher], None);
+    let mid = net.peers[viewer].recv_video[0];
+    // The bandwidth estimate, low while only the small layer flowed, has to probe up first.
+    let resumed = net.run_until(secs(30), |n| n.last_layer(viewer, mid) == Some(b'f'));
+    assert!(
+        resumed,
+        "the paused layer resumed: {:?}",
+        net.peers[publisher].active_layers
+    );
+
+    // Nobody watches at all: the video pauses entirely.
+    let id = net.peers[viewer].id;
+    net.sfu.set_subscriptions(net.now, id, &[]).unwrap();
+    net.run_for(secs(5));
+    assert_eq!(net.peers[publisher].active_layers, Some(vec![]));
+}

@@ -72,7 +72,7 @@ impl ApiError {
 
     pub fn from_hub(e: HubError) -> Self {
         let status = match e.code {
-            ErrorCode::NotAllowed => StatusCode::FORBIDDEN,
+            ErrorCode::NotAllowed | ErrorCode::RoomLocked => StatusCode::FORBIDDEN,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,

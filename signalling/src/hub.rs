@@ -19,6 +19,7 @@ use tracing::{debug, info};
 
 use crate::metrics::SignallingMetrics;
 use crate::rooms::{Follower, Member, Outbox, Rooms};
+use crate::roster::{FIRST_PAGE, FLUSH_INTERVAL, MAX_PAGE};
 use crate::token::{Claims, TokenKeys};
 
 #[derive(Debug, Clone)]
@@ -273,7 +274,12 @@ impl Hub {
             resumed,
             resume_token: member.resume_token.clone(),
             resume_grace_secs: self.0.config.resume_grace.as_secs() as u32,
-            participants: room.roster(Some(id)),
+            participants: room
+                .roster(Some(id), None)
+                .into_iter()
+                .take(FIRST_PAGE)
+                .collect(),
+            participant_count: room.members.len() as u32,
             active_speaker: room.active_speaker,
             settings: room.settings,
             lobby: if member.info.role.moderates() {
@@ -377,8 +383,12 @@ impl Hub {
                     mid: t.mid.clone(),
                     kind: t.source.kind(),
                     source: t.source,
-                    muted: kept.map(|e| e.muted).unwrap_or(t.muted)
-                        || forced_mute.contains(&t.source.kind()),
+                    // A kept track keeps its state; a new one starts muted if a moderator
+                    // muted its kind and the room forbids unmuting.
+                    muted: match kept {
+                        Some(e) => e.muted,
+                        None => t.muted || forced_mute.contains(&t.source.kind()),
+                    },
                 }
             })
             .collect();
@@ -435,6 +445,46 @@ impl Hub {
             sdp: answer.sdp,
             tracks: next,
         })
+    }
+
+    /// A page of the roster as the participant sees it, optionally filtered by name.
+    pub fn roster_page(
+        &self,
+        participant: ParticipantId,
+        offset: u32,
+        limit: u32,
+        query: Option<String>,
+    ) -> Result<ServerMessage, HubError> {
+        let rooms = self.rooms();
+        let room = rooms
+            .room_of(participant)
+            .and_then(|r| rooms.room(r))
+            .ok_or_else(not_joined)?;
+        let all = room.roster(Some(participant), query.as_deref());
+        let participants = all
+            .iter()
+            .skip(offset as usize)
+            .take(limit.min(MAX_PAGE) as usize)
+            .cloned()
+            .collect();
+        Ok(ServerMessage::RosterPage {
+            participants,
+            total: all.len() as u32,
+            offset,
+        })
+    }
+
+    /// Sends pending roster batches every `FLUSH_INTERVAL` until shutdown.
+    pub async fn flush_rosters_until_shutdown(self) {
+        let mut ticks = tokio::time::interval(FLUSH_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = self.0.shutdown.cancelled() => return,
+            }
+            self.rooms().flush_rosters(std::time::Instant::now());
+        }
     }
 
     /// Lets the server fill these audio m-lines with the room's loudest speakers.
@@ -540,6 +590,19 @@ impl Hub {
                 debug!(participant = %participant, "media connected")
             }
             SfuEvent::Closed { participant } => self.leave(participant, LeaveReason::MediaFailed),
+            SfuEvent::LayersWanted {
+                participant,
+                track,
+                active,
+            } => {
+                self.rooms().send_to(
+                    participant,
+                    ServerMessage::PublishLayers {
+                        track_id: track,
+                        active,
+                    },
+                );
+            }
             SfuEvent::ActiveSpeaker { room, participant } => {
                 {
                     let mut rooms = self.rooms();

@@ -11,6 +11,7 @@ mod hub;
 mod metrics;
 mod moderation;
 mod rooms;
+mod roster;
 pub mod sdp_summary;
 mod session;
 pub mod token;
@@ -36,6 +37,7 @@ pub async fn serve(
     hub: Hub,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    tokio::spawn(hub.clone().flush_rosters_until_shutdown());
     let drain = hub.clone();
     axum::serve(listener, app(hub.clone()))
         .with_graceful_shutdown(async move {

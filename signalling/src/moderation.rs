@@ -9,6 +9,7 @@ use tracing::info;
 
 use crate::hub::{Hub, HubError};
 use crate::rooms::Rooms;
+use crate::roster::listed;
 
 fn not_allowed(message: &str) -> HubError {
     HubError::new(ErrorCode::NotAllowed, message)
@@ -71,16 +72,13 @@ impl Hub {
         let room = rooms
             .room_of(participant)
             .cloned()
-            .ok_or_else(unknown_participant)?;
+            .ok_or_else(|| HubError::new(ErrorCode::NotJoined, "this session is not in a room"))?;
         let member = rooms
             .member_mut(participant)
-            .ok_or_else(unknown_participant)?;
+            .ok_or_else(|| HubError::new(ErrorCode::NotJoined, "this session is not in a room"))?;
         member.info.hand_raised = raised;
-        let update = ServerMessage::ParticipantUpdated {
-            participant: member.info.clone(),
-        };
         if let Some(r) = rooms.room_mut(&room) {
-            r.broadcast(&update, None);
+            r.note_updated(participant);
         }
         Ok(())
     }
@@ -102,7 +100,8 @@ impl Hub {
             ));
         }
         let member = rooms.member_mut(target).ok_or_else(unknown_participant)?;
-        member.info.role = role;
+        let old_role = std::mem::replace(&mut member.info.role, role);
+        let hidden = member.hidden;
         member.info.hand_raised = false;
         let gone = if role.may_publish() {
             Vec::new()
@@ -112,11 +111,9 @@ impl Hub {
         member.send(ServerMessage::Moderated {
             action: ModerationAction::RoleChanged,
             kind: None,
+            role: Some(role),
             by: actor,
         });
-        let update = ServerMessage::ParticipantUpdated {
-            participant: member.info.clone(),
-        };
         if let Some(r) = rooms.room_mut(&room) {
             for track in &gone {
                 r.broadcast(
@@ -127,7 +124,21 @@ impl Hub {
                     None,
                 );
             }
-            r.broadcast(&update, None);
+            if role.moderates()
+                && let Some(m) = r.members.get(&target)
+            {
+                m.send(ServerMessage::LobbyUpdated {
+                    waiting: r.lobby_list(),
+                });
+            }
+            // Becoming or ceasing to be a viewer moves the participant into or out of the list.
+            let was_listed = listed(old_role, hidden);
+            match (was_listed, listed(role, hidden)) {
+                (true, true) => r.note_updated(target),
+                (false, true) => r.pending.joined(target, true),
+                (true, false) => r.pending.left(target, LeaveReason::Left, true),
+                (false, false) => {}
+            }
         }
         if !gone.is_empty() {
             self.sfu().unpublish_all(target);
@@ -163,7 +174,7 @@ impl Hub {
                 r.members
                     .values()
                     .filter(|m| {
-                        !m.hidden && m.info.id != actor && outranks(actor_role, m.info.role)
+                        !m.hidden && !m.info.role.moderates() && outranks(actor_role, m.info.role)
                     })
                     .map(|m| m.info.id)
                     .collect()
@@ -213,6 +224,7 @@ impl Hub {
             action,
             kind: Some(kind),
             by: actor,
+            role: None,
         };
         // Track states first, so the notice finds the client's state already updated.
         if let Some(r) = rooms.room_mut(room) {

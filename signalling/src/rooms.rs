@@ -3,12 +3,15 @@
 //! blocks or awaits, so the state sits behind a plain mutex.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
 
 use ting_protocol::{
     LeaveReason, ParticipantId, ParticipantInfo, RoomId, RoomSettings, ServerMessage, TrackId,
     TrackInfo, TrackKind,
 };
 use tokio::sync::mpsc;
+
+use crate::roster::{PendingRoster, listed, roster_order};
 
 pub type Outbox = mpsc::Sender<ServerMessage>;
 
@@ -75,6 +78,8 @@ pub struct Room {
     pub lobby: BTreeMap<ParticipantId, Member>,
     /// Identities a moderator removed; they cannot rejoin this meeting.
     pub banned: HashSet<String>,
+    /// Roster changes not sent yet.
+    pub pending: PendingRoster,
 }
 
 impl Room {
@@ -89,13 +94,74 @@ impl Room {
         self.lobby.values().map(|m| m.info.clone()).collect()
     }
 
-    /// The roster as others see it.
-    pub fn roster(&self, except: Option<ParticipantId>) -> Vec<ParticipantInfo> {
-        self.members
+    /// The roster as others see it (viewers and hidden members are counted, not listed), in
+    /// display order, optionally only names containing `query`.
+    pub fn roster(
+        &self,
+        except: Option<ParticipantId>,
+        query: Option<&str>,
+    ) -> Vec<ParticipantInfo> {
+        let query = query.map(str::to_lowercase);
+        let mut roster: Vec<ParticipantInfo> = self
+            .members
             .values()
-            .filter(|m| !m.hidden && Some(m.info.id) != except)
+            .filter(|m| listed(m.info.role, m.hidden) && Some(m.info.id) != except)
+            .filter(|m| {
+                query
+                    .as_ref()
+                    .is_none_or(|q| m.info.name.to_lowercase().contains(q))
+            })
             .map(|m| m.info.clone())
-            .collect()
+            .collect();
+        roster.sort_by(roster_order);
+        roster
+    }
+
+    /// Marks a member's roster entry as changed; it goes out with the next batch.
+    pub fn note_updated(&mut self, participant: ParticipantId) {
+        if self
+            .members
+            .get(&participant)
+            .is_some_and(|m| listed(m.info.role, m.hidden))
+        {
+            self.pending.updated(participant);
+        }
+    }
+
+    /// Sends the pending roster batch to listed members and the headcount to the others.
+    /// Returns how many messages were queued.
+    pub fn flush_roster(&mut self, now: Instant) -> usize {
+        let members = &self.members;
+        let flush = self.pending.flush(now, members.len(), |id| {
+            members.get(&id).map(|m| m.info.clone())
+        });
+        let mut sent = 0;
+        for member in self.members.values_mut() {
+            // Listed members get the batch (which carries the count), or else the count.
+            let message = match listed(member.info.role, member.hidden) {
+                true => flush.changes.as_ref().or(flush.count.as_ref()),
+                false => flush.count.as_ref(),
+            };
+            let Some(message) = message else {
+                continue;
+            };
+            let mut message = message.clone();
+            // A newcomer learned the roster from `joined`; it need not hear of itself.
+            if let ServerMessage::RosterChanged { joined, left, updated, .. } = &mut message {
+                joined.retain(|p| p.id != member.info.id);
+                if joined.is_empty() && left.is_empty() && updated.is_empty() {
+                    continue;
+                }
+            }
+            let delivered = member.outbox.as_ref().map(|o| o.try_send(message).is_ok());
+            match delivered {
+                Some(true) => sent += 1,
+                // Too far behind: cut off, as in `broadcast`.
+                Some(false) => member.outbox = None,
+                None => {}
+            }
+        }
+        sent
     }
 
     pub fn broadcast(&mut self, message: &ServerMessage, except: Option<ParticipantId>) {
@@ -208,14 +274,9 @@ impl Rooms {
         self.by_resume_token.insert(member.resume_token.clone(), id);
         self.index.insert(id, room.clone());
         let entry = self.room_entry(&room);
-        if !member.hidden {
-            entry.broadcast(
-                &ServerMessage::ParticipantJoined {
-                    participant: member.info.clone(),
-                },
-                None,
-            );
-        }
+        entry
+            .pending
+            .joined(id, listed(member.info.role, member.hidden));
         entry.members.insert(id, member);
     }
 
@@ -236,15 +297,8 @@ impl Rooms {
         if let Some(outbox) = &member.outbox {
             let _ = outbox.try_send(ServerMessage::Bye { reason });
         }
-        if !member.hidden {
-            room.broadcast(
-                &ServerMessage::ParticipantLeft {
-                    participant_id: participant,
-                    reason,
-                },
-                None,
-            );
-        }
+        room.pending
+            .left(participant, reason, listed(member.info.role, member.hidden));
         if room.members.is_empty() && room.lobby.is_empty() {
             self.rooms.remove(&room_id);
         }
@@ -287,6 +341,11 @@ impl Rooms {
         }
     }
 
+    /// Sends every room's pending roster batch; returns how many messages were queued.
+    pub fn flush_rosters(&mut self, now: Instant) -> usize {
+        self.rooms.values_mut().map(|r| r.flush_roster(now)).sum()
+    }
+
     /// Every connected outbox, for shutdown.
     pub fn all_outboxes(&self) -> Vec<Outbox> {
         self.rooms
@@ -321,39 +380,119 @@ mod tests {
         RoomId::new("r").unwrap_or_else(|_| unreachable!())
     }
 
-    #[test]
-    fn joins_and_leaves_are_broadcast_as_deltas() {
-        let mut rooms = Rooms::default();
-        let (tx1, mut rx1) = mpsc::channel(OUTBOX_CAPACITY);
-        rooms.add(room(), Member::new(info(1), false, "t1".into()));
-        rooms.attach(ParticipantId(1), tx1);
-        rooms.add(room(), Member::new(info(2), false, "t2".into()));
-        assert!(
-            matches!(rx1.try_recv(), Ok(ServerMessage::ParticipantJoined { participant }) if participant.id == ParticipantId(2))
-        );
-        rooms.remove(ParticipantId(2), LeaveReason::Left);
-        assert!(matches!(
-            rx1.try_recv(),
-            Ok(ServerMessage::ParticipantLeft {
-                participant_id: ParticipantId(2),
-                ..
-            })
-        ));
-        assert!(rx1.try_recv().is_err(), "nothing else is sent");
-        assert_eq!(rooms.participant_count(), 1);
+    fn member(id: u64, role: Role) -> Member {
+        Member::new(
+            ParticipantInfo { role, ..info(id) },
+            false,
+            format!("t{id}"),
+        )
     }
 
     #[test]
-    fn hidden_members_are_not_announced_or_listed() {
+    fn joins_and_leaves_go_out_as_one_batch() {
         let mut rooms = Rooms::default();
         let (tx1, mut rx1) = mpsc::channel(OUTBOX_CAPACITY);
         rooms.add(room(), Member::new(info(1), false, "t1".into()));
         rooms.attach(ParticipantId(1), tx1);
+        rooms.flush_rosters(Instant::now());
+        while rx1.try_recv().is_ok() {}
+        rooms.add(room(), Member::new(info(2), false, "t2".into()));
+        rooms.add(room(), Member::new(info(3), false, "t3".into()));
+        rooms.remove(ParticipantId(3), LeaveReason::Left);
+        assert!(rx1.try_recv().is_err(), "nothing before the flush");
+        rooms.flush_rosters(Instant::now());
+        let Ok(ServerMessage::RosterChanged {
+            joined,
+            left,
+            updated,
+            count,
+        }) = rx1.try_recv()
+        else {
+            panic!("a roster batch")
+        };
+        assert_eq!(
+            joined.iter().map(|p| p.id).collect::<Vec<_>>(),
+            vec![ParticipantId(2)]
+        );
+        assert!(
+            left.is_empty() && updated.is_empty(),
+            "3 came and went within the batch"
+        );
+        assert_eq!(count, 2);
+        assert!(rx1.try_recv().is_err(), "one message for three changes");
+    }
+
+    #[test]
+    fn hidden_members_and_viewers_are_counted_not_listed() {
+        let mut rooms = Rooms::default();
+        let (tx1, mut rx1) = mpsc::channel(OUTBOX_CAPACITY);
+        let (tx3, mut rx3) = mpsc::channel(OUTBOX_CAPACITY);
+        rooms.add(room(), Member::new(info(1), false, "t1".into()));
+        rooms.attach(ParticipantId(1), tx1);
         rooms.add(room(), Member::new(info(2), true, "t2".into()));
-        assert!(rx1.try_recv().is_err());
-        assert_eq!(rooms.room(&room()).map(|r| r.roster(None).len()), Some(1));
-        rooms.remove(ParticipantId(2), LeaveReason::Left);
-        assert!(rx1.try_recv().is_err());
+        rooms.add(room(), member(3, Role::Viewer));
+        rooms.attach(ParticipantId(3), tx3);
+        rooms.add(room(), member(4, Role::Speaker));
+        rooms.flush_rosters(Instant::now());
+        let Ok(ServerMessage::RosterChanged { joined, count, .. }) = rx1.try_recv() else {
+            panic!("a roster batch")
+        };
+        assert_eq!(
+            (joined.iter().map(|p| p.id).collect::<Vec<_>>(), count),
+            (vec![ParticipantId(4)], 4),
+            "the speaker is listed; the viewer, the hidden member and oneself are not"
+        );
+        assert_eq!(
+            rx3.try_recv().ok(),
+            Some(ServerMessage::RosterCount { count: 4 })
+        );
+        assert_eq!(
+            rooms.room(&room()).map(|r| r.roster(None, None).len()),
+            Some(2)
+        );
+    }
+
+    /// 1000 people join within a minute; batches go out every 250 ms. One message per join per
+    /// participant would be 1000·999/2 ≈ 500k messages.
+    fn join_storm(role_of: impl Fn(u64) -> Role) -> (usize, usize) {
+        let mut rooms = Rooms::default();
+        let mut receivers = Vec::new();
+        let start = Instant::now();
+        let mut sent = 0;
+        let mut max_per_member = 0;
+        for i in 0..1000u64 {
+            rooms.add(room(), member(i, role_of(i)));
+            let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+            rooms.attach(ParticipantId(i), tx);
+            receivers.push((rx, 0usize));
+            // 60 s / 1000 joins = one join every 60 ms; flush every 250 ms.
+            if i % 4 == 3 {
+                let now = start + crate::roster::FLUSH_INTERVAL * (i as u32 / 4);
+                sent += rooms.flush_rosters(now);
+                for (rx, n) in &mut receivers {
+                    while rx.try_recv().is_ok() {
+                        *n += 1;
+                    }
+                    max_per_member = max_per_member.max(*n);
+                }
+            }
+        }
+        (sent, max_per_member)
+    }
+
+    #[test]
+    fn a_join_storm_of_a_thousand_stays_within_the_message_budget() {
+        // A meeting where everyone is listed: at most one batch per flush per member.
+        let (sent, per_member) = join_storm(|_| Role::Attendee);
+        assert!(
+            per_member <= 250,
+            "one batch per flush at most: {per_member}"
+        );
+        assert!(sent < 130_000, "{sent} messages, against ~500k unbatched");
+        // A webinar: ten speakers, everyone else a viewer who only gets the count, once a second.
+        let (sent, per_member) = join_storm(|i| if i < 10 { Role::Speaker } else { Role::Viewer });
+        assert!(per_member <= 250);
+        assert!(sent < 40_000, "{sent} messages in a webinar storm");
     }
 
     #[test]
@@ -384,8 +523,13 @@ mod tests {
         rooms.add(room(), Member::new(info(1), false, "t1".into()));
         let (slow_tx, mut slow_rx) = mpsc::channel(OUTBOX_CAPACITY);
         let generation = rooms.attach(ParticipantId(1), slow_tx).unwrap_or_default();
-        for i in 0..OUTBOX_CAPACITY as u64 + 10 {
-            rooms.add(room(), Member::new(info(100 + i), false, format!("t{i}")));
+        let update = ServerMessage::ActiveSpeaker {
+            participant_id: None,
+        };
+        for _ in 0..OUTBOX_CAPACITY + 10 {
+            if let Some(r) = rooms.room_mut(&room()) {
+                r.broadcast(&update, None);
+            }
         }
         assert!(
             rooms.still_detached(ParticipantId(1), generation),

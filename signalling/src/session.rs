@@ -260,6 +260,15 @@ where
                 self.send(&ServerMessage::Pong { nonce }).await;
                 Ok(())
             }
+            ClientMessage::RosterPage {
+                offset,
+                limit,
+                query,
+            } => {
+                let page = self.hub.roster_page(participant, offset, limit, query)?;
+                self.send(&page).await;
+                Ok(())
+            }
             ClientMessage::RaiseHand { raised } => self.hub.raise_hand(participant, raised),
             ClientMessage::SetRole {
                 participant_id,

@@ -96,14 +96,7 @@ async fn an_attendee_speaks_only_after_a_moderator_promotes_them() {
     attendee
         .send(&ClientMessage::RaiseHand { raised: true })
         .await;
-    let update = host
-        .expect("hand", |m| {
-            matches!(m, ServerMessage::ParticipantUpdated { .. })
-        })
-        .await;
-    let ServerMessage::ParticipantUpdated { participant } = update else {
-        unreachable!()
-    };
+    let participant = host.expect_update(attendee_id).await;
     assert!(participant.hand_raised);
 
     host.send(&ClientMessage::SetRole {
@@ -121,14 +114,7 @@ async fn an_attendee_speaks_only_after_a_moderator_promotes_them() {
             ..
         }
     ));
-    let update = host
-        .expect("promotion", |m| {
-            matches!(m, ServerMessage::ParticipantUpdated { .. })
-        })
-        .await;
-    let ServerMessage::ParticipantUpdated { participant } = update else {
-        unreachable!()
-    };
+    let participant = host.expect_update(attendee_id).await;
     assert_eq!(
         (participant.role, participant.hand_raised),
         (Role::Speaker, false)
@@ -178,7 +164,13 @@ async fn a_moderators_mute_sticks_when_the_room_forbids_unmuting() {
     .await;
     attendee
         .expect("promotion", |m| {
-            matches!(m, ServerMessage::ParticipantUpdated { .. })
+            matches!(
+                m,
+                ServerMessage::Moderated {
+                    action: ModerationAction::RoleChanged,
+                    ..
+                }
+            )
         })
         .await;
     let track = publish_microphone(&mut attendee).await;
@@ -212,6 +204,7 @@ async fn a_moderators_mute_sticks_when_the_room_forbids_unmuting() {
         ServerMessage::Moderated {
             action: ModerationAction::Muted,
             kind: Some(TrackKind::Audio),
+            role: None,
             by: ParticipantId(1)
         }
     );
@@ -488,7 +481,13 @@ async fn mute_all_spares_the_moderators() {
     .await;
     attendee
         .expect("promotion", |m| {
-            matches!(m, ServerMessage::ParticipantUpdated { .. })
+            matches!(
+                m,
+                ServerMessage::Moderated {
+                    action: ModerationAction::RoleChanged,
+                    ..
+                }
+            )
         })
         .await;
     let host_track = publish_microphone(&mut host).await;

@@ -65,14 +65,7 @@ async fn join_returns_the_roster_and_announces_the_newcomer() {
     };
     assert_eq!(participants.len(), 1);
     assert_eq!(participants[0].identity, "alice");
-    let announced = alice
-        .expect("participant_joined", |m| {
-            matches!(m, ServerMessage::ParticipantJoined { .. })
-        })
-        .await;
-    let ServerMessage::ParticipantJoined { participant } = announced else {
-        unreachable!()
-    };
+    let participant = alice.expect_arrival().await;
     assert_eq!(
         (participant.identity.as_str(), participant.role),
         ("bob", Role::Speaker)
@@ -222,9 +215,8 @@ async fn bad_input_gets_clear_errors_and_harms_nobody_else() {
     for (text, code) in cases {
         bad.send_raw(text.clone()).await;
         let reply = bad
-            .recv()
-            .await
-            .unwrap_or_else(|| panic!("socket closed after {text:.60}"));
+            .expect("an error", |m| matches!(m, ServerMessage::Error { .. }))
+            .await;
         assert_eq!(error_code(&reply), Some(code), "for {text:.60}: {reply:?}");
     }
     bad.send_binary(vec![0xde, 0xad, 0xbe, 0xef]).await;
@@ -342,12 +334,16 @@ async fn leave_says_bye_and_tells_the_room() {
     let (mut leaver, joined) =
         Client::join(&server, &server.token("r", "leaver", Role::Speaker)).await;
     let (id, _) = participant_of(&joined);
+    // A join and leave within one roster batch would never be announced at all.
+    watcher.expect_arrival().await;
     leaver.send(&ClientMessage::Leave {}).await;
     assert_eq!(
-        leaver.recv().await,
-        Some(ServerMessage::Bye {
+        leaver
+            .expect("bye", |m| matches!(m, ServerMessage::Bye { .. }))
+            .await,
+        ServerMessage::Bye {
             reason: LeaveReason::Left
-        })
+        }
     );
     assert_eq!(leaver.recv().await, None, "then the socket closes");
     watcher.expect_departure(id, LeaveReason::Left).await;
@@ -429,5 +425,74 @@ async fn http_endpoints_answer() {
         .await
         .unwrap();
     assert_eq!(not_json.status(), 400);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn large_rooms_get_a_first_page_and_pages_on_request() {
+    let server = TestServer::start(GRACE).await;
+    let mut crowd = Vec::new();
+    for i in 0..130 {
+        let (client, _) = Client::join(
+            &server,
+            &server.token("big", &format!("user{i:03}"), Role::Attendee),
+        )
+        .await;
+        crowd.push(client);
+    }
+    let (mut late, joined) =
+        Client::join(&server, &server.token("big", "zed", Role::Attendee)).await;
+    let ServerMessage::Joined {
+        participants,
+        participant_count,
+        ..
+    } = joined
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (participants.len(), participant_count),
+        (100, 131),
+        "a first page and the count"
+    );
+
+    late.send(&ClientMessage::RosterPage {
+        offset: 100,
+        limit: 100,
+        query: None,
+    })
+    .await;
+    let page = late
+        .expect("page", |m| matches!(m, ServerMessage::RosterPage { .. }))
+        .await;
+    let ServerMessage::RosterPage {
+        participants,
+        total,
+        offset,
+    } = page
+    else {
+        unreachable!()
+    };
+    assert_eq!((participants.len(), total, offset), (30, 130, 100));
+
+    late.send(&ClientMessage::RosterPage {
+        offset: 0,
+        limit: 10,
+        query: Some("USER12".into()),
+    })
+    .await;
+    let page = late
+        .expect("search", |m| matches!(m, ServerMessage::RosterPage { .. }))
+        .await;
+    let ServerMessage::RosterPage {
+        participants,
+        total,
+        ..
+    } = page
+    else {
+        unreachable!()
+    };
+    assert_eq!(total, 10, "user120..user129");
+    assert!(participants.iter().all(|p| p.name.starts_with("user12")));
     server.shutdown().await;
 }

@@ -1,6 +1,6 @@
 // Helpers for the end-to-end tests: start the Ting server, drive headless Chromium, read stats.
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -71,6 +71,8 @@ export async function startServer(bin) {
   child.stderr.resume();
   return {
     base,
+    /** The server's data dir (its token secret lives here: `mintToken` signs with it). */
+    dataDir,
     output: () => output,
     /** Last resort when the test process must exit now. */
     kill: () => child.kill('SIGKILL'),
@@ -123,6 +125,35 @@ export async function joinViaLanding(browser, base, room) {
   // The device check's own Join button is enabled once the devices are open.
   await page.click('#device-check #join:not([disabled])');
   await page.waitForFunction(() => window.ting?.state === 'joined' && window.ting.participantId !== null);
+  return page.evaluate(() => window.ting.participantId);
+}
+
+/**
+ * Mints a join token with `ting token` for the server started by `startServer` (same data dir,
+ * hence same secret). Quick-join only hands out `speaker` tokens; this gives any role.
+ */
+export function mintToken(bin, server, { room, identity, name = identity, role = 'speaker' }) {
+  const args = ['token', '--data-dir', server.dataDir, '--room', room, '--identity', identity, '--name', name, '--role', role];
+  return new Promise((resolve, reject) => {
+    execFile(bin, args, { timeout: 10_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${bin} ${args.join(' ')} failed: ${err.message}\n${stderr}`));
+      else resolve(stdout.trim());
+    });
+  });
+}
+
+/**
+ * Opens an invite link (`/?room=…&token=…`) and passes the device check. Resolves once the page
+ * is `joined` (returns the participant id) or, with `until: 'waiting'`, in the lobby (returns null).
+ */
+export async function joinWithToken(browser, base, room, token, { until = 'joined' } = {}) {
+  const { page } = browser;
+  await page.goto(`${base}/?room=${encodeURIComponent(room)}&token=${encodeURIComponent(token)}`);
+  await page.click('#device-check #join:not([disabled])');
+  await page.waitForFunction(
+    (want) => window.ting?.state === want && (want !== 'joined' || window.ting.participantId !== null),
+    until,
+  );
   return page.evaluate(() => window.ting.participantId);
 }
 

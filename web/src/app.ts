@@ -2,7 +2,8 @@
 
 import { getConfig, tokenClaims } from './api.js';
 import { acquire, describeMediaError } from './media.js';
-import { describeLeaveReason, type JoinedMessage } from './protocol.js';
+import { describeRoleChange, Moderation, type ModerationListener } from './moderation.js';
+import { describeLeaveReason, mayPublish, type JoinedMessage, type Role } from './protocol.js';
 import { Session, type LocalMedia, type SessionListener } from './session.js';
 import { Signalling, type SignallingEnd } from './signalling.js';
 import { Banners } from './ui/banners.js';
@@ -11,7 +12,7 @@ import { h } from './ui/dom.js';
 import { showLanding } from './ui/landing.js';
 import { MeetingView } from './ui/meeting.js';
 
-type AppState = 'landing' | 'device-check' | 'joining' | 'joined' | 'reconnecting' | 'ended';
+type AppState = 'landing' | 'device-check' | 'joining' | 'waiting' | 'joined' | 'reconnecting' | 'ended';
 
 declare global {
   interface Window {
@@ -21,6 +22,7 @@ declare global {
       readonly participantId: number | null;
       readonly state: AppState;
       readonly session: Session | null;
+      readonly moderation: Moderation | null;
     };
   }
 }
@@ -32,7 +34,10 @@ let state: AppState = 'landing';
 let session: Session | null = null;
 let signalling: Signalling | null = null;
 let view: MeetingView | null = null;
+let moderation: Moderation | null = null;
 let renderQueued = false;
+/** How long a passing notice (role change, moderator action) stays up. */
+const NOTICE_MS = 12_000;
 
 window.ting = {
   get pc() {
@@ -46,6 +51,9 @@ window.ting = {
   },
   get session() {
     return session;
+  },
+  get moderation() {
+    return moderation;
   },
 };
 
@@ -79,7 +87,7 @@ function scheduleRender(): void {
   renderQueued = true;
   queueMicrotask(() => {
     renderQueued = false;
-    if (session && view) view.render(session);
+    if (session && view && moderation) view.render(session, moderation);
     updateStatus();
   });
 }
@@ -90,7 +98,73 @@ const listener: SessionListener = {
     if (message) banners.show(key, message, level);
     else banners.hide(key);
   },
+  roleChanged(before: Role, after: Role) {
+    banners.hide('publish');
+    banners.show('role', describeRoleChange(before, after), 'info', [], NOTICE_MS);
+    const s = session;
+    if (s && !mayPublish(before) && mayPublish(after)) void publishAfterPromotion(s);
+    if (!mayPublish(after)) banners.hide('screen');
+  },
 };
+
+/** Notices about what the participants panel shows anyway. */
+const PANEL_NOTICES = new Set(['hands', 'lobby']);
+
+const moderationListener: ModerationListener = {
+  changed: scheduleRender,
+  notice(key, text, level = 'info', actions = []) {
+    // Hands and the lobby are in plain sight while the participants panel is open.
+    if (!text || (PANEL_NOTICES.has(key) && view?.panelOpen)) return banners.hide(key);
+    const run = actions.map((a) => ({ label: a.label, run: () => (banners.hide(key), a.run()) }));
+    // Lobby and hand notices stay until handled; moderator actions on oneself pass.
+    banners.show(key, text, level, run, key === 'moderated' ? NOTICE_MS : undefined);
+  },
+  showPanel: () => view?.openPanel(),
+};
+
+/** What the device check opened, so a promoted attendee can start the same devices. */
+interface DeviceChoice {
+  microphone: string | true | null;
+  camera: string | true | null;
+  micMuted: boolean;
+}
+
+let deviceChoice: DeviceChoice = { microphone: null, camera: null, micMuted: false };
+
+function rememberDevices(local: LocalMedia): DeviceChoice {
+  const id = (t: MediaStreamTrack | null) => (t ? t.getSettings().deviceId || true : null);
+  return { microphone: id(local.microphone), camera: id(local.camera), micMuted: local.micMuted };
+}
+
+/** An attendee became a speaker: publish the microphone and camera allowed in the device check. */
+async function publishAfterPromotion(s: Session): Promise<void> {
+  const choice = deviceChoice;
+  const kinds = (['microphone', 'camera'] as const).filter((k) => choice[k] !== null && !s.localTrack(k));
+  if (kinds.length === 0) return;
+  const want: { microphone?: string | true; camera?: string | true } = {};
+  for (const k of kinds) want[k] = choice[k] ?? true;
+  let got = await acquire(want);
+  for (const k of kinds) {
+    // The chosen device may be gone: any device of the kind will do.
+    if (!got[k] && typeof want[k] === 'string') {
+      const retry = await acquire({ [k]: true });
+      got = { ...got, [k]: retry[k], errors: { ...got.errors, [k]: retry.errors[k] } };
+    }
+  }
+  for (const k of kinds) {
+    const track = got[k];
+    if (!track) {
+      banners.show(`device-${k}`, got.errors[k] ?? `Could not start the ${k}.`, 'error');
+      continue;
+    }
+    if (session !== s || !s.canPublish) {
+      track.stop();
+      continue;
+    }
+    watchDevice(track, k);
+    s.addDevice(k, track, k === 'microphone' && choice.micMuted);
+  }
+}
 
 function watchDevice(track: MediaStreamTrack | null, what: 'camera' | 'microphone'): void {
   track?.addEventListener('ended', () => {
@@ -131,41 +205,78 @@ function startMeeting(token: string, room: string, name: string, local: LocalMed
   showCard('Joining…', `Connecting to room ${room}.`);
   watchDevice(local.microphone, 'microphone');
   watchDevice(local.camera, 'camera');
+  deviceChoice = rememberDevices(local);
   let media = local;
+
+  /** The server forgot us (or sent us to the lobby): drop the session, keep the devices. */
+  const dropSession = () => {
+    if (!session) return;
+    media = carryMedia(session);
+    session.close(false);
+    session = null;
+    moderation = null;
+  };
 
   const onJoined = (msg: JoinedMessage) => {
     banners.hide('connection');
-    if (session && msg.resumed) {
+    banners.hide('lobby-wait');
+    if (session && moderation && msg.resumed) {
       session.resumed(msg);
+      moderation.resumed(msg);
     } else {
-      if (session) {
-        // The server forgot us: start over on a new peer connection, with the same devices.
-        media = carryMedia(session);
-        session.close(false);
-      }
+      // A fresh participant (maybe after the server forgot us): a new peer connection.
+      dropSession();
       view ??= new MeetingView(root, actions);
-      session = new Session(sig, msg, media, listener);
+      const s = new Session(sig, msg, media, listener);
+      const m = new Moderation(sig, s, msg, moderationListener);
       const v = view;
-      session.tileHeight = (id) => v.tileHeight(id);
-      if (!session.canPublish) {
-        banners.show('role', `You joined as ${msg.participant.role}: you can watch and listen.`, 'info');
+      s.tileHeight = (id) => v.tileHeight(id);
+      s.unmuteLocked = (kind) => m.unmuteLocked(kind);
+      session = s;
+      moderation = m;
+      if (!s.canPublish) {
+        const role = msg.participant.role === 'attendee' ? 'an attendee' : `a ${msg.participant.role}`;
+        banners.show('role', `You joined as ${role}: you can watch and listen. Raise your hand to ask to speak.`, 'info');
       }
     }
     setState('joined');
     scheduleRender();
   };
 
+  const onWaiting = (waitingRoom: string) => {
+    // A rejoin can land in the lobby too: the old session's media is of no use there.
+    dropSession();
+    view?.destroy();
+    view = null;
+    banners.clearAll();
+    setState('waiting');
+    showWaiting(waitingRoom || room);
+  };
+
   const actions = {
     toggleMic: () => void toggleDevice('microphone'),
     toggleCamera: () => void toggleDevice('camera'),
     toggleScreen: () => void toggleScreen(),
+    toggleHand: () => moderation?.raiseHand(!moderation.handRaised),
     leave: () => signalling?.leave(),
+    panelToggled: (open: boolean) => {
+      if (open) for (const key of PANEL_NOTICES) banners.hide(key);
+    },
   };
 
   const sig = new Signalling(Signalling.urlFor(location), token, {
     joined: onJoined,
-    message: (msg) => session?.handle(msg),
+    waiting: onWaiting,
+    message: (msg) => {
+      session?.handle(msg);
+      moderation?.handle(msg);
+    },
     reconnecting: (attempt) => {
+      if (state === 'waiting') {
+        // Back to the end of the queue: the lobby does not keep places for dropped sockets.
+        banners.show('lobby-wait', 'Lost the connection to the server. Reconnecting…', 'warning');
+        return;
+      }
       if (session) setState('reconnecting');
       session?.disconnected();
       banners.show(
@@ -182,6 +293,20 @@ function startMeeting(token: string, room: string, name: string, local: LocalMed
   sig.start();
 }
 
+function showWaiting(room: string): void {
+  const leave = h('button', { id: 'leave-lobby', type: 'button', onclick: () => signalling?.leave() }, 'Leave');
+  root.replaceChildren(
+    h(
+      'main',
+      { id: 'waiting', className: 'card message-card waiting', 'aria-labelledby': 'card-title', 'aria-describedby': 'card-text' },
+      h('div', { className: 'waiting-dots', 'aria-hidden': 'true' }, h('span', {}), h('span', {}), h('span', {})),
+      h('h1', { id: 'card-title', role: 'status' }, 'Waiting for a moderator to let you in…'),
+      h('p', { id: 'card-text' }, 'You are in the lobby of ', h('strong', {}, room), '. The meeting opens here as soon as a moderator admits you.'),
+      h('div', { className: 'actions' }, leave),
+    ),
+  );
+}
+
 /** The devices of a session being replaced, kept running for the next one. */
 function carryMedia(s: Session): LocalMedia {
   return {
@@ -196,16 +321,24 @@ function endMeeting(end: SignallingEnd, rejoin: () => void): void {
   setState('ended');
   session?.close();
   session = null;
+  moderation = null;
   view?.destroy();
   view = null;
   signalling = null;
   banners.clearAll();
-  const again = h('button', { id: 'rejoin', type: 'button', className: 'primary', onclick: rejoin }, 'Rejoin');
+  const button = (label: string) => h('button', { id: 'rejoin', type: 'button', className: 'primary', onclick: rejoin }, label);
+  const again = button('Rejoin');
   const home = h('a', { href: '/', className: 'button-link' }, 'Start page');
   switch (end.kind) {
     case 'left':
       return showCard('You left the meeting', 'See you next time.', again, home);
     case 'bye':
+      if (end.reason === 'removed') {
+        return showCard('You were removed from the meeting', 'A moderator removed you. You cannot rejoin this meeting.', home);
+      }
+      if (end.reason === 'denied') {
+        return showCard('The moderator did not let you in', 'You were not admitted from the lobby.', button('Ask again'), home);
+      }
       return showCard('The meeting ended for you', describeLeaveReason(end.reason), again, home);
     case 'gave_up':
       return showCard(
@@ -215,6 +348,14 @@ function endMeeting(end: SignallingEnd, rejoin: () => void): void {
         home,
       );
     case 'error':
+      if (end.code === 'room_locked') {
+        return showCard(
+          'This meeting is locked',
+          'Nobody new can join right now. Ask the host to unlock it, then try again.',
+          button('Try again'),
+          home,
+        );
+      }
       return showCard('Could not join', errorText(end.code, end.message), home);
   }
 }
@@ -229,6 +370,8 @@ function errorText(code: string, message: string): string {
       return 'This invite link is for a different room.';
     case 'unsupported_version':
       return 'This page is out of date for the server. Reload the page.';
+    case 'room_locked':
+      return 'This meeting is locked.';
     default:
       return message || `The server refused to let you join (${code}).`;
   }

@@ -9,7 +9,14 @@ export type TrackId = number;
 export type Role = 'host' | 'moderator' | 'speaker' | 'attendee' | 'viewer';
 export type TrackKind = 'audio' | 'video';
 export type TrackSource = 'microphone' | 'camera' | 'screen' | 'screen_audio';
-export type LeaveReason = 'left' | 'disconnected' | 'media_failed' | 'replaced' | 'server_shutdown';
+export type LeaveReason =
+  | 'left'
+  | 'disconnected'
+  | 'media_failed'
+  | 'replaced'
+  | 'server_shutdown'
+  | 'removed'
+  | 'denied';
 export type ErrorCode =
   | 'bad_message'
   | 'unknown_message'
@@ -24,6 +31,7 @@ export type ErrorCode =
   | 'invalid_sdp'
   | 'not_allowed'
   | 'unknown_track'
+  | 'room_locked'
   | 'unavailable'
   | 'internal';
 
@@ -43,7 +51,23 @@ export interface ParticipantInfo {
   name: string;
   role: Role;
   tracks: TrackInfo[];
+  /** Asking to speak. */
+  hand_raised: boolean;
 }
+
+/** Room-wide settings moderators control. */
+export interface RoomSettings {
+  /** Nobody new may join (hosts and moderators still can). */
+  locked: boolean;
+  /** New participants wait in the lobby until a moderator admits them. */
+  lobby: boolean;
+  /** Whether participants muted by a moderator may unmute themselves. */
+  allow_self_unmute: boolean;
+}
+
+export const DEFAULT_ROOM_SETTINGS: Readonly<RoomSettings> = { locked: false, lobby: false, allow_self_unmute: true };
+
+export type ModerationAction = 'muted' | 'unmute_allowed' | 'role_changed';
 
 export interface PublishedTrack {
   mid: string;
@@ -64,7 +88,16 @@ export type ClientMessage =
   | { type: 'subscribe'; subscriptions: Subscription[] }
   | { type: 'mute'; track_id: TrackId; muted: boolean }
   | { type: 'leave' }
-  | { type: 'ping'; nonce: number };
+  | { type: 'ping'; nonce: number }
+  | { type: 'roster_page'; offset: number; limit: number; query?: string }
+  | { type: 'raise_hand'; raised: boolean }
+  | { type: 'set_role'; participant_id: ParticipantId; role: Role }
+  | { type: 'mute_participant'; participant_id: ParticipantId; kind: TrackKind; muted: boolean }
+  | { type: 'mute_all'; kind: TrackKind }
+  | { type: 'remove_participant'; participant_id: ParticipantId }
+  | { type: 'update_room'; locked?: boolean; lobby?: boolean; allow_self_unmute?: boolean }
+  | { type: 'admit'; participant_id: ParticipantId }
+  | { type: 'deny'; participant_id: ParticipantId };
 
 export interface JoinedMessage {
   type: 'joined';
@@ -76,10 +109,34 @@ export interface JoinedMessage {
   resume_grace_secs: number;
   participants: ParticipantInfo[];
   active_speaker: ParticipantId | null;
+  /** Everyone in the room, viewers included (absent from older servers). */
+  participant_count?: number;
+  /** Absent from older servers: then the defaults apply. */
+  settings?: RoomSettings;
+  /** Participants waiting in the lobby (moderators only; empty otherwise). */
+  lobby?: ParticipantInfo[];
 }
 
+/**
+ * Server messages. Roster changes come as `roster_changed` batches (viewers get only
+ * `roster_count`); the single-event `participant_*` messages of earlier servers are still
+ * understood.
+ */
 export type ServerMessage =
   | JoinedMessage
+  | { type: 'waiting'; room: string }
+  | { type: 'lobby_updated'; waiting: ParticipantInfo[] }
+  | { type: 'room_updated'; settings: RoomSettings }
+  | { type: 'moderated'; action: ModerationAction; kind?: TrackKind | null; role?: Role | null; by: ParticipantId }
+  | {
+      type: 'roster_changed';
+      joined: ParticipantInfo[];
+      left: { participant_id: ParticipantId; reason: LeaveReason }[];
+      updated: ParticipantInfo[];
+      count: number;
+    }
+  | { type: 'roster_count'; count: number }
+  | { type: 'roster_page'; participants: ParticipantInfo[]; total: number; offset: number }
   | { type: 'participant_joined'; participant: ParticipantInfo }
   | { type: 'participant_left'; participant_id: ParticipantId; reason: LeaveReason }
   | { type: 'participant_updated'; participant: ParticipantInfo }
@@ -94,6 +151,18 @@ export type ServerMessage =
 
 export function mayPublish(role: Role): boolean {
   return role === 'host' || role === 'moderator' || role === 'speaker';
+}
+
+/** Hosts and moderators run the meeting. */
+export function moderates(role: Role): boolean {
+  return role === 'host' || role === 'moderator';
+}
+
+/** Whether `actor` may moderate `target` (the server's rule): hosts everyone but hosts, moderators non-moderators. */
+export function outranks(actor: Role, target: Role): boolean {
+  if (actor === 'host') return target !== 'host';
+  if (actor === 'moderator') return !moderates(target);
+  return false;
 }
 
 export function kindOf(source: TrackSource): TrackKind {
@@ -118,5 +187,9 @@ export function describeLeaveReason(reason: LeaveReason): string {
       return 'This session was taken over by another window or device that joined as you.';
     case 'server_shutdown':
       return 'The server is shutting down.';
+    case 'removed':
+      return 'A moderator removed you from the meeting.';
+    case 'denied':
+      return 'A moderator did not let you in from the lobby.';
   }
 }

@@ -3,6 +3,7 @@
 // serialized here: one in flight at a time, and one more afterwards if anything changed meanwhile.
 
 import {
+  kindOf,
   mayPublish,
   type ClientMessage,
   type ErrorCode,
@@ -10,6 +11,7 @@ import {
   type ParticipantId,
   type ParticipantInfo,
   type PublishedTrack,
+  type Role,
   type ServerMessage,
   type Subscription,
   type TrackId,
@@ -38,6 +40,8 @@ export interface SessionListener {
   changed(): void;
   /** A problem the user should know about; `key` groups messages that replace each other. */
   problem(key: string, message: string | null, level?: 'info' | 'warning' | 'error'): void;
+  /** A moderator (or a fresh snapshot) changed this participant's role. */
+  roleChanged(before: Role, after: Role): void;
 }
 
 /** Camera simulcast layers; the server picks one per subscriber from `max_height`. */
@@ -50,6 +54,9 @@ const ANSWER_TIMEOUT_MS = 15_000;
 const RETRY_OFFER_MS = 3_000;
 const NEGOTIATION_DELAY_MS = 30;
 const RESUBSCRIBE_MS = 500;
+/** Viewers get no roster changes; they refresh the roster at most this often when it matters. */
+const VIEWER_ROSTER_MS = 1_000;
+const ROSTER_PAGE = 500;
 /** Server errors that mean "your last offer was refused". */
 const OFFER_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['invalid_sdp', 'not_allowed']);
 
@@ -85,9 +92,13 @@ export class Session {
   readonly room: string;
   readonly participants = new Map<ParticipantId, ParticipantInfo>();
   activeSpeaker: ParticipantId | null;
+  /** Everyone in the room (viewers too, who are counted but not listed), when the server says. */
+  private serverCount: number | null;
   mediaStatus: MediaStatus = 'new';
   /** Height in pixels of the tile showing a remote video track, from the meeting view. */
   tileHeight: (trackId: TrackId) => number | undefined = () => undefined;
+  /** Whether a moderator muted `kind` and the room forbids unmuting it oneself (from moderation). */
+  unmuteLocked: (kind: TrackKind) => boolean = () => false;
 
   private readonly sendSlots: SendSlot[] = [];
   private readonly recvSlots: RecvSlot[] = [];
@@ -105,6 +116,12 @@ export class Session {
   private closed = false;
   /** The server refused our media (`not_allowed`) although the role looked fine. */
   private publishRefused = false;
+  /**
+   * `mute` messages sent and not yet confirmed by our own `track_updated` (or refused). While
+   * one is pending for a track, the local state is ahead of the server's and is kept.
+   */
+  private pendingMutes: { trackId: TrackId; muted: boolean }[] = [];
+  private rosterTimer: number | undefined;
 
   constructor(
     private readonly signal: SignalSender,
@@ -115,6 +132,7 @@ export class Session {
     this.self = joined.participant;
     this.room = joined.room;
     this.activeSpeaker = joined.active_speaker;
+    this.serverCount = joined.participant_count || null;
     // No ICE servers: the server's answer carries a host candidate we can reach directly.
     this.pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
     this.pc.onconnectionstatechange = () => this.onConnectionState();
@@ -133,6 +151,11 @@ export class Session {
   }
 
   // ---- queries for the UI ----
+
+  /** How many are in the room, oneself included. */
+  get participantCount(): number {
+    return Math.max(this.serverCount ?? 0, this.participants.size + 1);
+  }
 
   /** Whether this participant may send media (the role can change, e.g. an attendee promoted). */
   get canPublish(): boolean {
@@ -170,17 +193,23 @@ export class Session {
   setMuted(source: 'microphone' | 'camera', muted: boolean): void {
     const slot = this.slotFor(source);
     if (!slot?.track) return;
+    if (!muted && slot.trackId !== null && this.unmuteLocked(kindOf(source))) {
+      // A moderator muted us and the room forbids unmuting oneself: ask the server, which will
+      // most likely refuse; stay muted until it agrees (its `track_updated` unmutes us).
+      this.sendMute(slot.trackId, false);
+      return;
+    }
     slot.muted = muted;
     // Disabled tracks send silence / black frames, so nothing leaks even before the server knows.
     slot.track.enabled = !muted;
-    if (slot.trackId !== null) this.signal.send({ type: 'mute', track_id: slot.trackId, muted });
+    if (slot.trackId !== null) this.sendMute(slot.trackId, muted);
     this.listener.changed();
   }
 
-  /** Starts publishing a microphone or camera acquired after joining. */
-  addDevice(source: 'microphone' | 'camera', track: MediaStreamTrack): void {
+  /** Starts publishing a microphone or camera acquired after joining (or after a promotion). */
+  addDevice(source: 'microphone' | 'camera', track: MediaStreamTrack, muted = false): void {
     if (!this.canPublish || this.slotFor(source)) return;
-    this.publish(source, track, false);
+    this.publish(source, track, muted);
     this.negotiate();
     this.listener.changed();
   }
@@ -228,6 +257,7 @@ export class Session {
   close(stopDevices = true): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.rosterTimer);
     this.pendingAnswer?.reject(new OfferFailed('session closed', false));
     for (const slot of this.sendSlots) {
       if (stopDevices || slot.source === 'screen' || slot.source === 'screen_audio') slot.track?.stop();
@@ -244,20 +274,53 @@ export class Session {
         if (this.pendingAnswer) this.pendingAnswer.resolve(msg);
         else console.warn('ting: answer without an offer in flight');
         return;
+      case 'roster_changed':
+        for (const p of [...msg.joined, ...msg.updated]) this.upsertParticipant(p);
+        for (const d of msg.left) this.removeParticipant(d.participant_id);
+        this.serverCount = msg.count;
+        break;
+      case 'roster_count':
+        // Only viewers get this: somebody came or went, and they hear of it no other way.
+        if (msg.count !== this.serverCount) this.refreshRoster();
+        this.serverCount = msg.count;
+        this.listener.changed();
+        return;
+      case 'roster_page':
+        if (msg.offset !== 0) return;
+        if (msg.participants.length >= msg.total) {
+          // The whole roster: whoever is missing has left.
+          const present = new Set(msg.participants.map((p) => p.id));
+          for (const id of [...this.participants.keys()]) if (!present.has(id)) this.removeParticipant(id);
+        }
+        for (const p of msg.participants) this.upsertParticipant(p);
+        break;
       case 'participant_joined':
       case 'participant_updated':
-        if (msg.participant.id === this.self.id) this.self = msg.participant;
-        else this.participants.set(msg.participant.id, msg.participant);
+        this.upsertParticipant(msg.participant);
         break;
       case 'participant_left':
-        this.participants.delete(msg.participant_id);
-        if (this.activeSpeaker === msg.participant_id) this.activeSpeaker = null;
+        this.removeParticipant(msg.participant_id);
         break;
+      case 'moderated':
+        // Carries the new role: viewers get no roster changes, so this is how they learn it.
+        if (msg.action === 'role_changed' && msg.role && msg.role !== this.self.role) {
+          this.updateSelf({ ...this.self, role: msg.role, hand_raised: false });
+          break;
+        }
+        return;
       case 'track_published':
       case 'track_updated':
+        if (msg.track.participant_id === this.self.id) this.syncOwnMute(msg.track);
+        else if (!this.participants.has(msg.track.participant_id)) this.refreshRoster();
         this.upsertTrack(msg.track);
         break;
       case 'track_unpublished': {
+        if (msg.participant_id === this.self.id) {
+          // The server stopped forwarding one of our tracks (we lost the right to publish).
+          this.self.tracks = this.self.tracks.filter((t) => t.id !== msg.track_id);
+          this.stopSending((slot) => slot.trackId === msg.track_id);
+          break;
+        }
         const p = this.participants.get(msg.participant_id);
         if (p) p.tracks = p.tracks.filter((t) => t.id !== msg.track_id);
         break;
@@ -284,16 +347,18 @@ export class Session {
 
   /** `joined` with `resumed: true`: same participant, same peer connection; catch up on the room. */
   resumed(joined: JoinedMessage): void {
-    this.self = joined.participant;
+    this.updateSelf(joined.participant);
     this.participants.clear();
     for (const p of joined.participants) this.participants.set(p.id, p);
     this.activeSpeaker = joined.active_speaker;
+    this.serverCount = joined.participant_count || null;
+    this.pendingMutes = [];
     // Mute changes made while offline were not delivered: tell the server where it differs.
     for (const slot of this.sendSlots) {
       const known = joined.participant.tracks.find((t) => t.id === slot.trackId);
-      if (slot.trackId !== null && known && known.muted !== slot.muted) {
-        this.signal.send({ type: 'mute', track_id: slot.trackId, muted: slot.muted });
-      }
+      if (slot.trackId === null || !slot.track || !known || known.muted === slot.muted) continue;
+      if (known.muted && this.unmuteLocked(kindOf(slot.source))) this.adoptMute(slot, true);
+      else this.sendMute(slot.trackId, slot.muted);
     }
     this.allocateReceivers();
     this.lastSubscriptions = '';
@@ -308,6 +373,62 @@ export class Session {
   }
 
   // ---- internals ----
+
+  private sendMute(trackId: TrackId, muted: boolean): void {
+    if (this.signal.send({ type: 'mute', track_id: trackId, muted })) this.pendingMutes.push({ trackId, muted });
+  }
+
+  private adoptMute(slot: SendSlot, muted: boolean): void {
+    slot.muted = muted;
+    if (slot.track) slot.track.enabled = !muted;
+  }
+
+  /**
+   * Our own track's state from the server: the echo of a `mute` we sent, or a moderator's mute.
+   * Once no request of ours is pending, the server's word is what we show and send.
+   */
+  private syncOwnMute(track: TrackInfo): void {
+    const echo = this.pendingMutes.findIndex((p) => p.trackId === track.id && p.muted === track.muted);
+    if (echo >= 0) this.pendingMutes.splice(echo, 1);
+    if (this.pendingMutes.some((p) => p.trackId === track.id)) return;
+    const slot = this.sendSlots.find((s) => s.track !== null && s.trackId === track.id);
+    if (slot && slot.muted !== track.muted) this.adoptMute(slot, track.muted);
+  }
+
+  /**
+   * Viewers are told the headcount, not the roster, yet receive everybody's tracks: when a
+   * track's owner is unknown or the count changed, they ask for the roster (debounced).
+   * Listed roles learn it from `roster_changed`, which may trail a `track_published` a moment.
+   */
+  private refreshRoster(): void {
+    if (this.self.role !== 'viewer' || this.rosterTimer !== undefined || this.closed) return;
+    this.rosterTimer = window.setTimeout(() => {
+      this.rosterTimer = undefined;
+      if (!this.closed) this.signal.send({ type: 'roster_page', offset: 0, limit: ROSTER_PAGE });
+    }, VIEWER_ROSTER_MS);
+  }
+
+  private upsertParticipant(p: ParticipantInfo): void {
+    if (p.id === this.self.id) this.updateSelf(p);
+    else this.participants.set(p.id, p);
+  }
+
+  private removeParticipant(id: ParticipantId): void {
+    // A participant demoted to viewer leaves the list; that may be us (then we just stay).
+    if (id === this.self.id) return;
+    this.participants.delete(id);
+    if (this.activeSpeaker === id) this.activeSpeaker = null;
+  }
+
+  /** Our participant info changed: a new role may grant or take away the right to publish. */
+  private updateSelf(next: ParticipantInfo): void {
+    const before = this.self.role;
+    this.self = next;
+    if (before === next.role) return;
+    this.publishRefused = false;
+    if (!mayPublish(next.role)) this.stopSending(() => true);
+    this.listener.roleChanged(before, next.role);
+  }
 
   private slotFor(source: TrackSource): SendSlot | undefined {
     return this.sendSlots.find((s) => s.source === source && s.track !== null);
@@ -492,9 +613,11 @@ export class Session {
       const slot = this.sendSlots.find((s) => s.track !== null && s.transceiver.mid === info.mid);
       if (!slot) continue;
       slot.trackId = info.id;
-      if (info.muted !== slot.muted) {
-        this.signal.send({ type: 'mute', track_id: info.id, muted: slot.muted });
-      }
+      if (info.muted === slot.muted) continue;
+      // The server starts a track muted when a moderator muted its kind and the room forbids
+      // unmuting oneself: adopt that rather than ask for an unmute that will be refused.
+      if (info.muted && this.unmuteLocked(info.kind)) this.adoptMute(slot, true);
+      else this.sendMute(info.id, slot.muted);
     }
   }
 
@@ -502,6 +625,16 @@ export class Session {
     if (this.pendingAnswer && OFFER_ERRORS.has(code)) {
       this.pendingAnswer.reject(new OfferFailed(message, false));
       if (code === 'not_allowed') this.stopPublishing();
+      return;
+    }
+    const refusedUnmute = code === 'not_allowed' ? this.pendingMutes.findIndex((p) => !p.muted) : -1;
+    if (refusedUnmute >= 0) {
+      // A moderator muted us and the room does not let us unmute: stay muted, say why.
+      const [refused] = this.pendingMutes.splice(refusedUnmute, 1);
+      const slot = this.sendSlots.find((s) => s.track !== null && s.trackId === refused?.trackId);
+      if (slot && !this.pendingMutes.some((p) => p.trackId === slot.trackId)) this.adoptMute(slot, true);
+      this.listener.problem('unmute', message || 'You cannot unmute yourself right now.', 'warning');
+      this.listener.changed();
       return;
     }
     if (code === 'unknown_track') {
@@ -515,17 +648,30 @@ export class Session {
     this.listener.problem('server', message || code, 'error');
   }
 
-  /** The server refuses our media (role changed?): continue receive-only. */
+  /** The server refuses our media although the role looked fine: continue receive-only. */
   private stopPublishing(): void {
+    this.stopSending(() => true);
+    this.publishRefused = true;
+    this.listener.problem('publish', 'You are not allowed to publish in this room; you can watch and listen.', 'info');
+  }
+
+  /**
+   * Stops sending on the matching m-lines and releases their devices. The transceivers stay,
+   * inactive, for a later publish (m-lines can't be removed); one offer tells the server.
+   */
+  private stopSending(which: (slot: SendSlot) => boolean): void {
+    let stopped = false;
     for (const slot of this.sendSlots) {
-      slot.track?.stop();
+      if (!slot.track || !which(slot)) continue;
+      slot.track.stop();
+      this.localStream.removeTrack(slot.track);
       slot.track = null;
       slot.trackId = null;
       slot.transceiver.sender.replaceTrack(null).catch(() => undefined);
       slot.transceiver.direction = 'inactive';
+      stopped = true;
     }
-    this.publishRefused = true;
-    this.listener.problem('publish', 'You are not allowed to publish in this room; you can watch and listen.', 'info');
+    if (!stopped) return;
     this.negotiate();
     this.listener.changed();
   }

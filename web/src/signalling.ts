@@ -20,6 +20,8 @@ export type SignallingEnd =
 export interface SignallingHandlers {
   /** A `joined` arrived: first join, a resume (`msg.resumed`), or a fresh join after a failed resume. */
   joined(msg: JoinedMessage): void;
+  /** The room's lobby is on: wait until a moderator admits (`joined` follows) or denies (`ended`). */
+  waiting(room: string): void;
   /** Any other server message once joined (pongs are handled here). */
   message(msg: ServerMessage): void;
   /** The socket dropped unexpectedly; a reconnect is scheduled in `delayMs`. */
@@ -43,11 +45,14 @@ const FATAL_JOIN_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'unsupported_version',
   'not_allowed',
   'bad_message',
+  'room_locked',
 ]);
 
 export class Signalling {
   private ws: WebSocket | null = null;
   private joinedOnSocket = false;
+  /** In the lobby on the current socket: only `ping` and `leave` make sense. */
+  private waitingOnSocket = false;
   private resumeToken: string | null = null;
   private graceSecs = DEFAULT_GRACE_SECS;
   private attempt = 0;
@@ -87,10 +92,10 @@ export class Signalling {
     return true;
   }
 
-  /** Leaves the room: the server answers `bye` and closes; don't wait for it forever. */
+  /** Leaves the room (or the lobby): the server answers `bye` and closes; don't wait for it forever. */
   leave(): void {
     if (this.finished) return;
-    const sent = this.send({ type: 'leave' });
+    const sent = this.send({ type: 'leave' }) || this.sendWhileWaiting({ type: 'leave' });
     this.finish({ kind: 'left' }, sent ? 1500 : 0);
   }
 
@@ -99,11 +104,18 @@ export class Signalling {
     this.finish({ kind: 'left' }, 0, false);
   }
 
+  private sendWhileWaiting(msg: ClientMessage): boolean {
+    if (!this.waitingOnSocket || this.ws?.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(msg));
+    return true;
+  }
+
   private open(): void {
     clearTimeout(this.reconnectTimer);
     const ws = new WebSocket(this.url);
     this.ws = ws;
     this.joinedOnSocket = false;
+    this.waitingOnSocket = false;
     ws.onopen = () => {
       this.lastHeard = Date.now();
       const join: ClientMessage = { type: 'join', version: PROTOCOL_VERSION, token: this.token };
@@ -130,7 +142,16 @@ export class Signalling {
 
   private onMessage(msg: ServerMessage): void {
     switch (msg.type) {
+      case 'waiting':
+        // The server took us (no resume token exists before `joined`); the wait may be long.
+        this.waitingOnSocket = true;
+        this.attempt = 0;
+        this.outageSince = null;
+        this.startPing();
+        this.handlers.waiting(msg.room);
+        return;
       case 'joined':
+        this.waitingOnSocket = false;
         this.joinedOnSocket = true;
         this.resumeToken = msg.resume_token;
         this.graceSecs = msg.resume_grace_secs || DEFAULT_GRACE_SECS;
@@ -175,6 +196,7 @@ export class Signalling {
   private onDrop(): void {
     this.stopPing();
     this.joinedOnSocket = false;
+    this.waitingOnSocket = false;
     this.ws = null;
     if (this.finished) return;
     const now = Date.now();
@@ -199,7 +221,8 @@ export class Signalling {
         this.onDrop();
         return;
       }
-      this.send({ type: 'ping', nonce: ++this.nonce });
+      const ping: ClientMessage = { type: 'ping', nonce: ++this.nonce };
+      if (!this.send(ping)) this.sendWhileWaiting(ping);
     }, PING_INTERVAL_MS);
   }
 
@@ -213,6 +236,7 @@ export class Signalling {
     const ws = this.ws;
     this.ws = null;
     this.joinedOnSocket = false;
+    this.waitingOnSocket = false;
     this.stopPing();
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = null;

@@ -110,6 +110,13 @@ pub enum SfuEvent {
     Connected { participant: ParticipantId },
     /// The media connection ended (ICE consent lost, DTLS closed); the peer has been removed.
     Closed { participant: ParticipantId },
+    /// The publisher should send only these simulcast layers (RIDs) of its track: the others
+    /// have had no receiver for a while. An empty list pauses the video entirely.
+    LayersWanted {
+        participant: ParticipantId,
+        track: TrackId,
+        active: Vec<String>,
+    },
     ActiveSpeaker {
         room: RoomId,
         participant: Option<ParticipantId>,
@@ -301,7 +308,7 @@ impl Sfu {
             }
             peer.published.insert(mid, id);
             self.tracks
-                .insert(id, Track::new(participant, mid, kind, muted));
+                .insert(id, Track::new(participant, mid, kind, muted, now));
         }
         self.metrics.tracks.set(self.tracks.len() as i64);
         self.mark_dirty(participant);
@@ -1012,6 +1019,19 @@ impl Sfu {
             self.select_layers_for(participant);
         }
         let mut changes = Vec::new();
+        for (id, track) in &mut self.tracks {
+            if track.kind != MediaKind::Video {
+                continue;
+            }
+            if let Some(active) = track.layers_to_announce(now) {
+                let active = active.iter().flatten().map(|rid| rid.to_string()).collect();
+                changes.push(SfuEvent::LayersWanted {
+                    participant: track.owner,
+                    track: *id,
+                    active,
+                });
+            }
+        }
         let mut reassign = Vec::new();
         let room_size = self.config.loudest_n + 1;
         for (room_id, room) in &mut self.rooms {
@@ -1043,6 +1063,11 @@ impl Sfu {
         };
         let mut videos = Vec::new();
         let mut demands = Vec::new();
+        // The same choice over every known layer, paused ones included: what this receiver
+        // would take if the publisher sent it (keeps wanted layers from being paused, and
+        // resumes paused ones).
+        let (mut wanted, mut known_demands, mut wanted_tracks) =
+            (Vec::new(), Vec::new(), Vec::new());
         let mut audio_slots = 0u64;
         for (mid, slot) in &peer.slots {
             let Some(track) = self.tracks.get(&slot.track) else {
@@ -1052,6 +1077,13 @@ impl Sfu {
                 audio_slots += 1;
                 continue;
             }
+            let (known_keys, known) = track.known_layers();
+            wanted.push(known_keys);
+            known_demands.push(VideoDemand {
+                layers: known,
+                max_height: slot.max_height,
+            });
+            wanted_tracks.push(slot.track);
             let (keys, layers) = track.available_layers(now);
             if keys.is_empty() {
                 continue;
@@ -1065,15 +1097,25 @@ impl Sfu {
         let audio_bps = audio_slots * AUDIO_BUDGET_BPS;
         let budget = peer.bandwidth_bps.saturating_sub(audio_bps);
         let choices = select_layers(budget, &demands);
-        let unconstrained = select_layers(u64::MAX / 4, &demands);
-        let sum = |choices: &[Option<usize>]| -> u64 {
+        let sum = |choices: &[Option<usize>], demands: &[VideoDemand]| -> u64 {
             choices
                 .iter()
-                .zip(&demands)
+                .zip(demands)
                 .filter_map(|(c, d)| c.map(|i| d.layers[i].bitrate_bps))
                 .sum()
         };
-        let (current_bps, desired_bps) = (sum(&choices), sum(&unconstrained));
+        // What the receiver would take with unlimited bandwidth, over every known layer
+        // (paused ones too): the bandwidth estimator probes towards it, so a paused layer can
+        // come back once the link allows.
+        let unconstrained = select_layers(u64::MAX / 4, &known_demands);
+        let (current_bps, desired_bps) =
+            (sum(&choices, &demands), sum(&unconstrained, &known_demands));
+        let known_choices = select_layers(budget, &known_demands);
+        for ((track, keys), choice) in wanted_tracks.into_iter().zip(wanted).zip(known_choices) {
+            if let (Some(t), Some(index)) = (self.tracks.get_mut(&track), choice) {
+                t.mark_wanted(keys[index], now);
+            }
+        }
 
         let mut keyframes_needed = Vec::new();
         let Some(peer) = self.peers.get_mut(&participant) else {

@@ -12,6 +12,8 @@ pub type LayerKey = Option<Rid>;
 
 /// A layer counts as available while packets arrived within this time.
 const LAYER_STALE_AFTER: Duration = Duration::from_millis(2000);
+/// A layer nobody has chosen for this long is paused at the publisher.
+const PAUSE_AFTER: Duration = Duration::from_secs(3);
 /// Bitrates are measured over windows of this length.
 const BITRATE_WINDOW: Duration = Duration::from_millis(1000);
 
@@ -36,11 +38,19 @@ pub struct Track {
     /// Receivers: (participant, their m-line showing this track).
     pub subscribers: Vec<(ParticipantId, Mid)>,
     last_keyframe_request: Vec<(LayerKey, Instant)>,
+    /// When each layer was last chosen for some receiver.
+    wanted_at: Vec<(LayerKey, Instant)>,
+    /// Layers the publisher was last told to send.
+    announced: Option<Vec<LayerKey>>,
+    created: Instant,
 }
 
 impl Track {
-    pub fn new(owner: ParticipantId, mid: Mid, kind: MediaKind, muted: bool) -> Self {
+    pub fn new(owner: ParticipantId, mid: Mid, kind: MediaKind, muted: bool, now: Instant) -> Self {
         Self {
+            wanted_at: Vec::new(),
+            announced: None,
+            created: now,
             owner,
             mid,
             kind,
@@ -83,11 +93,52 @@ impl Track {
 
     /// Layers that currently arrive, cheapest first, with the key each index stands for.
     pub fn available_layers(&self, now: Instant) -> (Vec<LayerKey>, Vec<LayerOption>) {
-        let mut live: Vec<&LayerStat> = self
-            .layers
-            .iter()
-            .filter(|l| now.saturating_duration_since(l.last_seen) < LAYER_STALE_AFTER)
+        self.layers_where(|l| now.saturating_duration_since(l.last_seen) < LAYER_STALE_AFTER)
+    }
+
+    /// Every layer ever seen, including paused ones, cheapest first.
+    pub fn known_layers(&self) -> (Vec<LayerKey>, Vec<LayerOption>) {
+        self.layers_where(|_| true)
+    }
+
+    /// Notes that a receiver would take `key` now (it counts as wanted for a while).
+    pub fn mark_wanted(&mut self, key: LayerKey, now: Instant) {
+        match self.wanted_at.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, at)) => *at = now,
+            None => self.wanted_at.push((key, now)),
+        }
+    }
+
+    /// The simulcast layers someone wanted within `PAUSE_AFTER` — what the publisher should
+    /// keep sending — if that differs from what was last announced. `None` for tracks
+    /// without simulcast or when nothing changed.
+    pub fn layers_to_announce(&mut self, now: Instant) -> Option<Vec<LayerKey>> {
+        if self.layers.len() < 2 {
+            return None;
+        }
+        let (keys, _) = self.known_layers();
+        let active: Vec<LayerKey> = keys
+            .into_iter()
+            .filter(|k| {
+                let wanted = self
+                    .wanted_at
+                    .iter()
+                    .find(|(w, _)| w == k)
+                    .map(|(_, at)| *at);
+                // A layer nobody asked for yet counts from when it appeared.
+                let since = wanted.unwrap_or(self.created);
+                now.saturating_duration_since(since) < PAUSE_AFTER
+            })
             .collect();
+        if self.announced.as_ref() == Some(&active) {
+            return None;
+        }
+        self.announced = Some(active.clone());
+        Some(active)
+    }
+
+    fn layers_where(&self, keep: impl Fn(&LayerStat) -> bool) -> (Vec<LayerKey>, Vec<LayerOption>) {
+        let mut live: Vec<&LayerStat> = self.layers.iter().filter(|l| keep(l)).collect();
         // Bitrates alone can mislead (an encoder ramping up sends its top layer below the
         // middle one), so the browsers' RID order (q < h < f) decides first, then the height
         // read from keyframes, then the measured bitrate.
@@ -169,7 +220,13 @@ mod tests {
 
     #[test]
     fn keyframe_requests_are_rate_limited_per_layer() {
-        let mut t = Track::new(ParticipantId(1), Mid::from("0"), MediaKind::Video, false);
+        let mut t = Track::new(
+            ParticipantId(1),
+            Mid::from("0"),
+            MediaKind::Video,
+            false,
+            Instant::now(),
+        );
         let now = Instant::now();
         let gap = Duration::from_millis(500);
         let f = Some(Rid::from("f"));
@@ -184,7 +241,13 @@ mod tests {
 
     #[test]
     fn layers_are_ordered_by_bitrate_and_go_stale() {
-        let mut t = Track::new(ParticipantId(1), Mid::from("0"), MediaKind::Video, false);
+        let mut t = Track::new(
+            ParticipantId(1),
+            Mid::from("0"),
+            MediaKind::Video,
+            false,
+            Instant::now(),
+        );
         let t0 = Instant::now();
         for i in 0..=50u64 {
             let now = t0 + Duration::from_millis(i * 20);

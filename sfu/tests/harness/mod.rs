@@ -59,6 +59,8 @@ pub struct Peer {
     /// Audio level to send (RFC 6464, -127 = silence).
     pub audio_level: i8,
     video_codec: Codec,
+    /// Simulcast layers the SFU asked for (`None`: all).
+    pub active_layers: Option<Vec<String>>,
     force_keyframe: Vec<Option<Rid>>,
     next_audio: Instant,
     next_video: Instant,
@@ -219,6 +221,7 @@ impl Net {
             publishing: publish,
             audio_level: -30,
             video_codec: self.video_codec,
+            active_layers: None,
             force_keyframe: Vec::new(),
             next_audio: self.now,
             next_video: self.now,
@@ -332,7 +335,19 @@ impl Net {
         loop {
             match self.sfu.poll_output() {
                 SfuOutput::Transmit(t) => self.send_down(t),
-                SfuOutput::Event(e) => self.events.push(e),
+                SfuOutput::Event(e) => {
+                    // Publishers obey layer pauses, as browsers do with `encodings[i].active`.
+                    if let SfuEvent::LayersWanted {
+                        participant,
+                        active,
+                        ..
+                    } = &e
+                        && let Some(p) = self.peers.iter_mut().find(|p| p.id == *participant)
+                    {
+                        p.active_layers = Some(active.clone());
+                    }
+                    self.events.push(e);
+                }
                 SfuOutput::Timeout(_) => break,
             }
         }
@@ -482,6 +497,13 @@ impl Peer {
             let periodic_key = self.video_frames.is_multiple_of(300);
             self.video_frames += 1;
             for (rid, bps, height) in LADDER {
+                if self
+                    .active_layers
+                    .as_ref()
+                    .is_some_and(|a| !a.iter().any(|r| r == rid))
+                {
+                    continue;
+                }
                 let rid_key = Some(Rid::from(rid));
                 let forced = self
                     .force_keyframe

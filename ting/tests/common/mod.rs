@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use ting::config::ServeConfig;
-use ting_protocol::{ClientMessage, LeaveReason, ParticipantId, Role, RoomId, ServerMessage};
+use ting_protocol::{
+    ClientMessage, Departure, LeaveReason, ParticipantId, ParticipantInfo, Role, RoomId,
+    ServerMessage,
+};
 use ting_signalling::TokenKeys;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -180,28 +183,50 @@ impl Client {
         }
     }
 
-    /// Waits for `participant_joined`.
-    pub async fn expect_arrival(&mut self) {
-        self.expect("participant_joined", |m| {
-            matches!(m, ServerMessage::ParticipantJoined { .. })
-        })
-        .await;
+    /// Waits for a roster batch announcing a newcomer; returns the first newcomer.
+    pub async fn expect_arrival(&mut self) -> ParticipantInfo {
+        let m = self
+            .expect(
+                "roster_changed with a newcomer",
+                |m| matches!(m, ServerMessage::RosterChanged { joined, .. } if !joined.is_empty()),
+            )
+            .await;
+        let ServerMessage::RosterChanged { joined, .. } = m else {
+            unreachable!()
+        };
+        joined[0].clone()
     }
 
-    /// Waits for `participant_left` and checks who left and why.
+    /// Waits for a roster batch saying `id` left, and checks why.
     pub async fn expect_departure(&mut self, id: ParticipantId, reason: LeaveReason) {
-        let left = self
-            .expect("participant_left", |m| {
-                matches!(m, ServerMessage::ParticipantLeft { .. })
+        let m = self
+            .expect("roster_changed with a departure", |m| {
+                matches!(m, ServerMessage::RosterChanged { left, .. } if left.iter().any(|d| d.participant_id == id))
             })
             .await;
-        assert_eq!(
-            left,
-            ServerMessage::ParticipantLeft {
+        let ServerMessage::RosterChanged { left, .. } = m else {
+            unreachable!()
+        };
+        assert!(
+            left.contains(&Departure {
                 participant_id: id,
                 reason
-            }
+            }),
+            "{left:?}"
         );
+    }
+
+    /// Waits for a roster batch updating `id`; returns its new state.
+    pub async fn expect_update(&mut self, id: ParticipantId) -> ParticipantInfo {
+        let m = self
+            .expect("roster_changed with an update", |m| {
+                matches!(m, ServerMessage::RosterChanged { updated, .. } if updated.iter().any(|p| p.id == id))
+            })
+            .await;
+        let ServerMessage::RosterChanged { updated, .. } = m else {
+            unreachable!()
+        };
+        updated.into_iter().find(|p| p.id == id).unwrap()
     }
 
     /// Asserts nothing arrives for `quiet`.

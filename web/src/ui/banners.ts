@@ -12,10 +12,12 @@ export interface BannerAction {
 
 export class Banners {
   private readonly items = new Map<string, HTMLElement>();
+  private readonly timers = new Map<string, number>();
 
   constructor(private readonly root: HTMLElement) {}
 
-  show(key: string, text: string, level: BannerLevel = 'info', actions: BannerAction[] = []): void {
+  /** `hideAfterMs` makes a passing notice go away by itself (replacing it restarts the clock). */
+  show(key: string, text: string, level: BannerLevel = 'info', actions: BannerAction[] = [], hideAfterMs?: number): void {
     // Errors interrupt a screen reader; the rest wait politely.
     const el = h(
       'div',
@@ -28,15 +30,23 @@ export class Banners {
     if (old) old.replaceWith(el);
     else this.root.append(el);
     this.items.set(key, el);
+    clearTimeout(this.timers.get(key));
+    this.timers.delete(key);
+    if (hideAfterMs !== undefined) {
+      this.timers.set(key, window.setTimeout(() => {
+        if (this.items.get(key) === el) this.hide(key);
+      }, hideAfterMs));
+    }
   }
 
   hide(key: string): void {
+    clearTimeout(this.timers.get(key));
+    this.timers.delete(key);
     this.items.get(key)?.remove();
     this.items.delete(key);
   }
 
   clearAll(): void {
-    for (const el of this.items.values()) el.remove();
-    this.items.clear();
+    for (const key of [...this.items.keys()]) this.hide(key);
   }
 }

@@ -14,6 +14,10 @@ export const icons = {
   cameraOff: svg(CAMERA + SLASH),
   screen: svg('<rect x="3" y="4" width="18" height="12" rx="2"/><path d="M8 20h8M12 16v4M12 13V7M9 10l3-3 3 3"/>'),
   leave: svg('<path d="M3 15c5-4.5 13-4.5 18 0l-2.2 2.8-3.8-1.3v-2.3c-2-.8-4-.8-6 0v2.3l-3.8 1.3z"/>'),
+  hand: svg(
+    '<path d="M8 12V5.5a1.5 1.5 0 0 1 3 0V11M11 10V4a1.5 1.5 0 0 1 3 0v7M14 10.5V5.5a1.5 1.5 0 0 1 3 0V14c0 4-2.5 7-6 7-2.8 0-4.2-1.5-5.6-3.8L3.6 14a1.5 1.5 0 0 1 2.6-1.5L8 15"/>',
+  ),
+  lock: svg('<rect x="5" y="11" width="14" height="10" rx="2"/><path d="M8 11V7a4 4 0 0 1 8 0v4"/>'),
   people: svg(
     '<circle cx="9" cy="8" r="3"/><path d="M3 19c0-3 2.7-5 6-5s6 2 6 5"/><circle cx="17" cy="9" r="2.5"/><path d="M16.5 14c2.6 0 4.5 1.8 4.5 4.5"/>',
   ),

@@ -1,16 +1,21 @@
 // The meeting view: tile grid, screen-share stage, controls and participants panel. It renders
 // from the Session's state on every change, keeping DOM nodes (and their playing videos) keyed.
 
+import type { Moderation } from '../moderation.js';
 import { mayPublish, type ParticipantId, type ParticipantInfo, type TrackId, type TrackInfo } from '../protocol.js';
 import type { Session } from '../session.js';
 import { h, icon } from './dom.js';
 import { icons } from './icons.js';
+import { ParticipantsPanel } from './participants.js';
 
 export interface MeetingActions {
   toggleMic(): void;
   toggleCamera(): void;
   toggleScreen(): void;
+  toggleHand(): void;
   leave(): void;
+  /** The participants panel was opened or closed. */
+  panelToggled(open: boolean): void;
 }
 
 interface TileModel {
@@ -24,6 +29,7 @@ interface TileModel {
   media: MediaStreamTrack | null;
   micMuted: boolean;
   speaking: boolean;
+  handRaised: boolean;
 }
 
 interface Tile {
@@ -32,6 +38,7 @@ interface Tile {
   name: HTMLSpanElement;
   avatar: HTMLDivElement;
   micMuted: HTMLSpanElement;
+  hand: HTMLSpanElement;
   media: MediaStreamTrack | null;
   trackId: TrackId | null;
 }
@@ -59,15 +66,12 @@ export class MeetingView {
   private readonly roomTitle = h('h1', { className: 'room-name' });
   private readonly status = h('span', { className: 'status', role: 'status' });
   private readonly count = h('span', { className: 'badge', id: 'participant-count' }, '1');
-  private readonly list = h('ul', { className: 'participant-list' });
-  private readonly panelCount = h('span', {});
-  private readonly panel = h(
-    'aside',
-    { id: 'participants-panel', className: 'panel', hidden: true, 'aria-labelledby': 'participants-title' },
-    h('h2', { id: 'participants-title' }, 'Participants (', this.panelCount, ')'),
-    this.list,
-  );
+  /** People waiting in the lobby (moderators only). */
+  private readonly lobbyCount = h('span', { className: 'badge badge-attention', id: 'lobby-count', hidden: true });
+  private readonly participants = new ParticipantsPanel();
+  private readonly panel = this.participants.el;
   private readonly micButton: HTMLButtonElement;
+  private readonly handButton: HTMLButtonElement;
   private readonly cameraButton: HTMLButtonElement;
   private readonly screenButton: HTMLButtonElement;
   private readonly peopleButton: HTMLButtonElement;
@@ -77,8 +81,10 @@ export class MeetingView {
   private readonly resize: ResizeObserver;
   private layoutTimer: number | undefined;
   private session: Session | null = null;
+  private readonly onPanelToggled: (open: boolean) => void;
 
   constructor(root: HTMLElement, actions: MeetingActions) {
+    this.onPanelToggled = actions.panelToggled;
     // Toggle buttons keep one name; aria-pressed (and the styling) tells the state.
     const toggle = (id: string, label: string, svg: string, run: () => void) =>
       h('button', { id, type: 'button', className: 'control', 'aria-pressed': 'false', title: label, onclick: run },
@@ -86,12 +92,14 @@ export class MeetingView {
     this.micButton = toggle('mute-mic', 'Mute', icons.mic, actions.toggleMic);
     this.cameraButton = toggle('mute-camera', 'Stop video', icons.camera, actions.toggleCamera);
     this.screenButton = toggle('share-screen', 'Share screen', icons.screen, actions.toggleScreen);
+    this.handButton = toggle('raise-hand', 'Raise hand', icons.hand, actions.toggleHand);
     this.peopleButton = h(
       'button',
       { id: 'toggle-participants', type: 'button', className: 'control', 'aria-expanded': 'false', 'aria-controls': 'participants-panel', title: 'Participants', onclick: () => this.togglePanel() },
       icon(icons.people),
       h('span', { className: 'control-label' }, 'People'),
       this.count,
+      this.lobbyCount,
     );
     const leave = h(
       'button',
@@ -112,6 +120,7 @@ export class MeetingView {
           this.micButton,
           this.cameraButton,
           this.screenButton,
+          this.handButton,
           this.peopleButton,
           leave,
         ),
@@ -133,14 +142,14 @@ export class MeetingView {
     this.status.textContent = text;
   }
 
-  render(session: Session): void {
+  render(session: Session, moderation: Moderation): void {
     this.session = session;
     this.roomTitle.textContent = session.room;
     const models = this.tileModels(session);
     this.renderTiles(models);
     this.renderAudio(session);
     this.renderControls(session);
-    this.renderPanel(session);
+    this.renderPanel(session, moderation);
     this.layoutGrid();
     this.measureNewTiles();
   }
@@ -175,6 +184,7 @@ export class MeetingView {
         media: s.localTrack('camera') && !s.isMuted('camera') ? s.localTrack('camera') : null,
         micMuted: selfMic !== null && s.isMuted('microphone'),
         speaking: speaking === s.self.id,
+        handRaised: !!s.self.hand_raised,
       },
     ];
     const ownScreen = s.localTrack('screen');
@@ -189,6 +199,7 @@ export class MeetingView {
         media: ownScreen,
         micMuted: false,
         speaking: false,
+        handRaised: false,
       });
     }
     const people = [...s.participants.values()].sort((a, b) => a.id - b.id);
@@ -208,6 +219,7 @@ export class MeetingView {
         media: cam && !cam.muted ? s.remoteMedia(cam.id) : null,
         micMuted: mic?.muted ?? false,
         speaking: speaking === p.id,
+        handRaised: !!p.hand_raised,
       });
       for (const screen of p.tracks.filter((t) => t.source === 'screen')) {
         models.push({
@@ -220,6 +232,7 @@ export class MeetingView {
           media: screen.muted ? null : s.remoteMedia(screen.id),
           micMuted: false,
           speaking: false,
+          handRaised: false,
         });
       }
     }
@@ -261,6 +274,8 @@ export class MeetingView {
     video.muted = true;
     const micMuted = h('span', { className: 'mic-muted', title: 'Microphone muted', hidden: true });
     micMuted.append(icon(icons.micOff), h('span', { className: 'visually-hidden' }, 'Microphone muted'));
+    const hand = h('span', { className: 'hand-raised', title: 'Hand raised', hidden: true });
+    hand.append(icon(icons.hand), h('span', { className: 'visually-hidden' }, 'Hand raised'));
     const name = h('span', { className: 'tile-name' });
     const avatar = h('div', { className: 'avatar', 'aria-hidden': 'true' });
     const el = h(
@@ -273,10 +288,11 @@ export class MeetingView {
       },
       video,
       avatar,
+      hand,
       h('div', { className: 'tile-label' }, micMuted, name),
     );
     if (m.self && m.source === 'camera') video.classList.add('mirror');
-    const tile: Tile = { el, video, name, avatar, micMuted, media: null, trackId: null };
+    const tile: Tile = { el, video, name, avatar, micMuted, hand, media: null, trackId: null };
     this.tiles.set(m.key, tile);
     if (!m.self) this.resize.observe(el);
     return tile;
@@ -295,10 +311,12 @@ export class MeetingView {
     tile.el.dataset.participantId = String(m.participantId);
     tile.name.textContent = m.name;
     tile.avatar.textContent = initials(m.name.replace(/ \((you|screen)\)$/, ''));
-    tile.el.setAttribute('aria-label', m.micMuted ? `${m.name}, microphone muted` : m.name);
+    tile.el.setAttribute('aria-label', `${m.name}${m.micMuted ? ', microphone muted' : ''}${m.handRaised ? ', hand raised' : ''}`);
     tile.el.classList.toggle('video-off', m.media === null);
     tile.el.classList.toggle('speaking', m.speaking);
     tile.micMuted.hidden = !m.micMuted;
+    tile.hand.hidden = !m.handRaised;
+    tile.el.classList.toggle('hand-up', m.handRaised);
   }
 
   private renderAudio(s: Session): void {
@@ -339,8 +357,10 @@ export class MeetingView {
     this.setToggle(this.screenButton, s.sharingScreen, icons.screen, s.sharingScreen ? 'Stop sharing' : 'Share screen');
     for (const b of [this.micButton, this.cameraButton, this.screenButton]) {
       b.disabled = !s.canPublish;
-      if (!s.canPublish) b.title = 'Your role in this room cannot publish';
+      if (!s.canPublish) b.title = 'Your role in this room cannot publish; raise your hand to ask to speak';
     }
+    const hand = !!s.self.hand_raised;
+    this.setToggle(this.handButton, hand, icons.hand, hand ? 'Lower your hand' : 'Raise your hand to ask to speak');
   }
 
   /** `hint` (the tooltip) names what a click does; the accessible name stays put. */
@@ -351,34 +371,30 @@ export class MeetingView {
     if (iconEl && iconEl.innerHTML !== svg) iconEl.innerHTML = svg;
   }
 
-  private renderPanel(s: Session): void {
-    const people = [s.self, ...[...s.participants.values()].sort((a, b) => a.id - b.id)];
-    this.count.textContent = String(people.length);
-    this.panelCount.textContent = String(people.length);
-    this.list.replaceChildren(
-      ...people.map((p) => {
-        const self = p.id === s.self.id;
-        const mic = self ? (s.localTrack('microphone') ? { muted: s.isMuted('microphone') } : undefined) : trackOf(p, 'microphone');
-        const cam = self ? (s.localTrack('camera') ? { muted: s.isMuted('camera') } : undefined) : trackOf(p, 'camera');
-        const micText = !mic ? 'no microphone' : mic.muted ? 'muted' : 'microphone on';
-        const camText = !cam ? 'no camera' : cam.muted ? 'camera off' : 'camera on';
-        return h(
-          'li',
-          { 'data-participant-id': p.id, className: s.activeSpeaker === p.id ? 'speaking' : '' },
-          h('span', { className: 'participant-name' }, self ? `${p.name} (you)` : p.name),
-          h('span', { className: 'participant-state' },
-            h('span', { className: 'visually-hidden' }, `${micText}, ${camText}`),
-            icon(!mic || mic.muted ? icons.micOff : icons.mic, `icon${!mic || mic.muted ? ' off' : ''}`),
-            icon(!cam || cam.muted ? icons.cameraOff : icons.camera, `icon${!cam || cam.muted ? ' off' : ''}`)),
-        );
-      }),
-    );
+  private renderPanel(s: Session, m: Moderation): void {
+    this.count.textContent = String(s.participantCount);
+    const waiting = this.participants.waiting;
+    this.lobbyCount.hidden = waiting === 0;
+    this.lobbyCount.textContent = String(waiting);
+    this.lobbyCount.title = `${waiting} waiting in the lobby`;
+    this.participants.render(s, m);
+  }
+
+  get panelOpen(): boolean {
+    return !this.panel.hidden;
+  }
+
+  /** Opens the participants panel (e.g. from a "waiting in the lobby" notice). */
+  openPanel(): void {
+    if (this.panel.hidden) this.togglePanel();
+    this.participants.reveal();
   }
 
   private togglePanel(): void {
     this.panel.hidden = !this.panel.hidden;
     this.peopleButton.setAttribute('aria-expanded', String(!this.panel.hidden));
     this.layoutGrid();
+    this.onPanelToggled(!this.panel.hidden);
   }
 
   /** Picks the column count that gives the largest 16:9 tiles in the space available. */

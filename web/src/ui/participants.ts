@@ -1,0 +1,309 @@
+// The participants panel: everybody in the room with their hand, role and mic/camera state;
+// for hosts and moderators also the room settings, the lobby and per-person actions. Rows are
+// kept per participant and updated in place, so a click or the keyboard focus survives the
+// frequent re-renders (active speaker, mute changes).
+
+import type { Moderation } from '../moderation.js';
+import { mayPublish, type ParticipantId, type ParticipantInfo, type Role, type TrackKind } from '../protocol.js';
+import type { Session } from '../session.js';
+import { h, icon } from './dom.js';
+import { icons } from './icons.js';
+
+type Action = 'promote' | 'demote' | 'mute-audio' | 'stop-video' | 'allow-unmute' | 'remove';
+
+interface Row {
+  el: HTMLLIElement;
+  hand: HTMLSpanElement;
+  name: HTMLSpanElement;
+  role: HTMLSpanElement;
+  stateText: HTMLSpanElement;
+  mic: HTMLSpanElement;
+  camera: HTMLSpanElement;
+  actions: HTMLDivElement;
+  buttons: Record<Action, HTMLButtonElement>;
+  confirm: HTMLDivElement;
+  confirmText: HTMLSpanElement;
+}
+
+interface LobbyRow {
+  el: HTMLLIElement;
+  name: HTMLSpanElement;
+}
+
+const ROLE_LABELS: Record<Role, string> = {
+  host: 'Host',
+  moderator: 'Moderator',
+  speaker: '',
+  attendee: 'Attendee',
+  viewer: 'Viewer',
+};
+
+/** Sets an icon's markup only when it changes (keeps the DOM quiet). */
+function setIcon(el: HTMLElement, svg: string, off: boolean): void {
+  if (el.innerHTML !== svg) el.innerHTML = svg;
+  el.classList.toggle('off', off);
+}
+
+export class ParticipantsPanel {
+  readonly el: HTMLElement;
+  private readonly count = h('span', {});
+  private readonly list = h('ul', { className: 'participant-list' });
+  private readonly rows = new Map<ParticipantId, Row>();
+  private readonly lobbyRows = new Map<ParticipantId, LobbyRow>();
+  /** Rows asking "Remove …?". */
+  private readonly confirming = new Set<ParticipantId>();
+
+  private readonly lockRoom = h('input', { type: 'checkbox', id: 'lock-room' });
+  private readonly lobbyToggle = h('input', { type: 'checkbox', id: 'lobby-toggle' });
+  private readonly selfUnmute = h('input', { type: 'checkbox', id: 'allow-self-unmute' });
+  private readonly muteAll = h('button', { id: 'mute-all', type: 'button', className: 'small' }, icon(icons.micOff), 'Mute all');
+  private readonly roomControls: HTMLElement;
+
+  private readonly lobbyList = h('ul', { className: 'lobby-list' });
+  private readonly lobbyBadge = h('span', { className: 'count-badge', id: 'lobby-badge' });
+  private readonly admitAll = h('button', { id: 'admit-all', type: 'button', className: 'small' }, 'Admit all');
+  private readonly lobbySection: HTMLElement;
+
+  private moderation: Moderation | null = null;
+  private session: Session | null = null;
+
+  constructor() {
+    const toggle = (input: HTMLInputElement, label: string, hint: string) =>
+      h('label', { className: 'switch', title: hint }, input, h('span', {}, label));
+    this.lockRoom.addEventListener('change', () => this.moderation?.updateRoom({ locked: this.lockRoom.checked }));
+    this.lobbyToggle.addEventListener('change', () => this.moderation?.updateRoom({ lobby: this.lobbyToggle.checked }));
+    this.selfUnmute.addEventListener('change', () =>
+      this.moderation?.updateRoom({ allow_self_unmute: this.selfUnmute.checked }),
+    );
+    this.muteAll.addEventListener('click', () => this.moderation?.muteAll('audio'));
+    this.muteAll.title = 'Mute everybody except hosts and moderators';
+    this.roomControls = h(
+      'section',
+      { id: 'room-controls', className: 'room-controls', 'aria-label': 'Room settings', hidden: true },
+      toggle(this.lockRoom, 'Lock room', 'Nobody new can join (hosts and moderators still can)'),
+      toggle(this.lobbyToggle, 'Lobby', 'New people wait until a moderator admits them'),
+      toggle(this.selfUnmute, 'Allow self-unmute', 'People muted by a moderator may unmute themselves'),
+      h('div', { className: 'room-actions' }, this.muteAll),
+    );
+
+    this.admitAll.addEventListener('click', () => {
+      for (const p of this.moderation?.lobby ?? []) this.moderation?.admit(p.id);
+    });
+    this.lobbySection = h(
+      'section',
+      { id: 'lobby', className: 'lobby', 'aria-labelledby': 'lobby-title', hidden: true },
+      h('div', { className: 'section-title' }, h('h3', { id: 'lobby-title' }, 'Waiting in the lobby'), this.lobbyBadge, this.admitAll),
+      this.lobbyList,
+    );
+
+    this.el = h(
+      'aside',
+      { id: 'participants-panel', className: 'panel', hidden: true, 'aria-labelledby': 'participants-title' },
+      h('h2', { id: 'participants-title' }, 'Participants (', this.count, ')'),
+      this.roomControls,
+      this.lobbySection,
+      this.list,
+    );
+  }
+
+  /** How many wait in the lobby, for the badge on the People button (0 for non-moderators). */
+  get waiting(): number {
+    return this.moderation?.isModerator ? this.moderation.lobby.length : 0;
+  }
+
+  render(s: Session, m: Moderation): void {
+    this.session = s;
+    this.moderation = m;
+    const people = [s.self, ...[...s.participants.values()].sort((a, b) => a.id - b.id)];
+    this.count.textContent = String(s.participantCount);
+    this.renderRoomControls(m);
+    this.renderLobby(m);
+    // Raised hands first (after oneself): whoever asks to speak should not be hard to find.
+    const ordered = [people[0] as ParticipantInfo, ...people.slice(1).sort((a, b) => Number(b.hand_raised) - Number(a.hand_raised))];
+    const wanted = new Set(ordered.map((p) => p.id));
+    for (const [id, row] of this.rows) {
+      if (wanted.has(id)) continue;
+      row.el.remove();
+      this.rows.delete(id);
+      this.confirming.delete(id);
+    }
+    ordered.forEach((p, i) => {
+      const row = this.rows.get(p.id) ?? this.createRow(p.id);
+      this.updateRow(row, p, s, m);
+      if (this.list.children[i] !== row.el) this.list.insertBefore(row.el, this.list.children[i] ?? null);
+    });
+  }
+
+  /** Shows the lobby (or the list) at the top of the panel. */
+  reveal(): void {
+    (this.lobbySection.hidden ? this.list : this.lobbySection).scrollIntoView({ block: 'nearest' });
+  }
+
+  private renderRoomControls(m: Moderation): void {
+    this.roomControls.hidden = !m.isModerator;
+    if (!m.isModerator) return;
+    this.lockRoom.checked = m.settings.locked;
+    this.lobbyToggle.checked = m.settings.lobby;
+    this.selfUnmute.checked = m.settings.allow_self_unmute;
+  }
+
+  private renderLobby(m: Moderation): void {
+    const waiting = m.isModerator ? m.lobby : [];
+    this.lobbySection.hidden = waiting.length === 0;
+    this.lobbyBadge.textContent = String(waiting.length);
+    this.lobbyBadge.setAttribute('aria-label', `${waiting.length} waiting`);
+    this.admitAll.hidden = waiting.length < 2;
+    const wanted = new Set(waiting.map((p) => p.id));
+    for (const [id, row] of this.lobbyRows) {
+      if (wanted.has(id)) continue;
+      row.el.remove();
+      this.lobbyRows.delete(id);
+    }
+    waiting.forEach((p, i) => {
+      let row = this.lobbyRows.get(p.id);
+      if (!row) {
+        const name = h('span', { className: 'participant-name' });
+        const el = h(
+          'li',
+          { 'data-lobby-row': p.id },
+          name,
+          h('button', { type: 'button', className: 'small primary', 'data-action': 'admit', onclick: () => this.moderation?.admit(p.id) }, 'Admit'),
+          h('button', { type: 'button', className: 'small', 'data-action': 'deny', onclick: () => this.moderation?.deny(p.id) }, 'Deny'),
+        );
+        row = { el, name };
+        this.lobbyRows.set(p.id, row);
+      }
+      row.name.textContent = p.name;
+      for (const b of row.el.querySelectorAll('button')) b.setAttribute('aria-label', `${b.textContent} ${p.name}`);
+      if (this.lobbyList.children[i] !== row.el) this.lobbyList.insertBefore(row.el, this.lobbyList.children[i] ?? null);
+    });
+  }
+
+  private createRow(id: ParticipantId): Row {
+    const button = (action: Action, label: string, className = 'small') =>
+      h('button', { type: 'button', className, 'data-action': action, onclick: () => this.act(id, action) }, label);
+    const buttons: Record<Action, HTMLButtonElement> = {
+      promote: button('promote', 'Make speaker'),
+      demote: button('demote', 'Make attendee'),
+      'mute-audio': button('mute-audio', 'Mute'),
+      'stop-video': button('stop-video', 'Stop video'),
+      'allow-unmute': button('allow-unmute', 'Allow to unmute'),
+      remove: button('remove', 'Remove', 'small danger-text'),
+    };
+    const confirmText = h('span', { className: 'confirm-text' });
+    const confirm = h(
+      'div',
+      { className: 'confirm', role: 'group', hidden: true },
+      confirmText,
+      h('button', { type: 'button', className: 'small danger', 'data-action': 'confirm-remove', onclick: () => this.confirmRemove(id) }, 'Remove'),
+      h('button', { type: 'button', className: 'small', 'data-action': 'cancel-remove', onclick: () => this.cancelRemove(id) }, 'Cancel'),
+    );
+    const hand = h('span', { className: 'hand-raised', title: 'Hand raised', hidden: true });
+    hand.append(icon(icons.hand), h('span', { className: 'visually-hidden' }, 'Hand raised'));
+    const row: Row = {
+      el: h('li', { 'data-participant-row': id, 'data-participant-id': id }),
+      hand,
+      name: h('span', { className: 'participant-name' }),
+      role: h('span', { className: 'role-tag' }),
+      stateText: h('span', { className: 'visually-hidden' }),
+      mic: icon(icons.mic),
+      camera: icon(icons.camera),
+      actions: h('div', { className: 'participant-actions', role: 'group' }, ...Object.values(buttons)),
+      buttons,
+      confirm,
+      confirmText,
+    };
+    row.el.append(
+      h('div', { className: 'participant-main' }, row.hand, row.name, row.role,
+        h('span', { className: 'participant-state' }, row.stateText, row.mic, row.camera)),
+      row.actions,
+      row.confirm,
+    );
+    this.rows.set(id, row);
+    return row;
+  }
+
+  private updateRow(row: Row, p: ParticipantInfo, s: Session, m: Moderation): void {
+    const self = p.id === s.self.id;
+    const mic = self ? (s.localTrack('microphone') ? { muted: s.isMuted('microphone') } : undefined) : p.tracks.find((t) => t.source === 'microphone');
+    const cam = self ? (s.localTrack('camera') ? { muted: s.isMuted('camera') } : undefined) : p.tracks.find((t) => t.source === 'camera');
+    row.el.classList.toggle('speaking', s.activeSpeaker === p.id);
+    row.el.classList.toggle('hand-up', !!p.hand_raised);
+    row.hand.hidden = !p.hand_raised;
+    row.name.textContent = self ? `${p.name} (you)` : p.name;
+    row.role.textContent = ROLE_LABELS[p.role];
+    row.role.hidden = ROLE_LABELS[p.role] === '';
+    row.stateText.textContent = `${!mic ? 'no microphone' : mic.muted ? 'muted' : 'microphone on'}, ${!cam ? 'no camera' : cam.muted ? 'camera off' : 'camera on'}${p.hand_raised ? ', hand raised' : ''}`;
+    setIcon(row.mic, !mic || mic.muted ? icons.micOff : icons.mic, !mic || mic.muted);
+    setIcon(row.camera, !cam || cam.muted ? icons.cameraOff : icons.camera, !cam || cam.muted);
+
+    const canAct = m.isModerator && m.canModerate(p);
+    row.actions.hidden = !canAct || this.confirming.has(p.id);
+    row.confirm.hidden = !canAct || !this.confirming.has(p.id);
+    if (!canAct) {
+      this.confirming.delete(p.id);
+      return;
+    }
+    const b = row.buttons;
+    const publishes = mayPublish(p.role);
+    b.promote.hidden = publishes;
+    // Hosts can take the floor from moderators too; a moderator row then says what it becomes.
+    b.demote.hidden = !publishes;
+    b['mute-audio'].hidden = !mic;
+    b['mute-audio'].disabled = !!mic?.muted;
+    b['stop-video'].hidden = !cam;
+    b['stop-video'].disabled = !!cam?.muted;
+    // Only meaningful where muted people may not unmute themselves.
+    b['allow-unmute'].hidden = m.settings.allow_self_unmute || !(mic?.muted || cam?.muted);
+    for (const [action, button] of Object.entries(b)) {
+      button.setAttribute('aria-label', `${button.textContent} ${p.name}`);
+      if (action === 'mute-audio') button.title = mic?.muted ? `${p.name} is muted` : `Mute ${p.name}`;
+      if (action === 'stop-video') button.title = cam?.muted ? `${p.name}'s camera is off` : `Stop ${p.name}'s video`;
+    }
+    row.confirmText.textContent = `Remove ${p.name}? They cannot rejoin this meeting.`;
+  }
+
+  private act(id: ParticipantId, action: Action): void {
+    const m = this.moderation;
+    const p = this.session?.participants.get(id);
+    if (!m || !p) return;
+    const allowUnmute = (kind: TrackKind, source: 'microphone' | 'camera') => {
+      if (p.tracks.some((t) => t.source === source && t.muted)) m.allowUnmute(id, kind);
+    };
+    switch (action) {
+      case 'promote':
+        return m.setRole(id, 'speaker');
+      case 'demote':
+        return m.setRole(id, 'attendee');
+      case 'mute-audio':
+        return m.mute(id, 'audio');
+      case 'stop-video':
+        return m.mute(id, 'video');
+      case 'allow-unmute':
+        allowUnmute('audio', 'microphone');
+        allowUnmute('video', 'camera');
+        return;
+      case 'remove':
+        this.confirming.add(id);
+        this.rerender();
+        this.rows.get(id)?.confirm.querySelector<HTMLButtonElement>('[data-action="cancel-remove"]')?.focus();
+        return;
+    }
+  }
+
+  private confirmRemove(id: ParticipantId): void {
+    this.confirming.delete(id);
+    this.moderation?.remove(id);
+    this.rerender();
+  }
+
+  private cancelRemove(id: ParticipantId): void {
+    this.confirming.delete(id);
+    this.rerender();
+    this.rows.get(id)?.buttons.remove.focus();
+  }
+
+  private rerender(): void {
+    if (this.session && this.moderation) this.render(this.session, this.moderation);
+  }
+}
