@@ -147,7 +147,13 @@ impl Room {
             };
             let mut message = message.clone();
             // A newcomer learned the roster from `joined`; it need not hear of itself.
-            if let ServerMessage::RosterChanged { joined, left, updated, .. } = &mut message {
+            if let ServerMessage::RosterChanged {
+                joined,
+                left,
+                updated,
+                ..
+            } = &mut message
+            {
                 joined.retain(|p| p.id != member.info.id);
                 if joined.is_empty() && left.is_empty() && updated.is_empty() {
                     continue;
