@@ -8,7 +8,8 @@
 mod peer;
 mod track;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,9 @@ pub struct Sfu {
     demux: Demux<ParticipantId>,
     out: VecDeque<SfuOutput>,
     dirty: Vec<ParticipantId>,
+    /// Peers' str0m timers, earliest first; entries whose time no longer matches the peer's
+    /// `timeout` are stale and skipped.
+    timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
     next_housekeeping: Instant,
     now: Instant,
 }
@@ -161,6 +165,7 @@ impl Sfu {
             demux: Demux::default(),
             out: VecDeque::new(),
             dirty: Vec::new(),
+            timers: BinaryHeap::new(),
             next_housekeeping: now,
             now,
         }
@@ -226,7 +231,6 @@ impl Sfu {
         self.peers.insert(
             participant,
             Peer {
-                id: participant,
                 room,
                 rtc,
                 connected: false,
@@ -240,6 +244,7 @@ impl Sfu {
                 stats_seen: HashMap::new(),
             },
         );
+        self.timers.push(Reverse((now, participant)));
         self.metrics.peers.set(self.peers.len() as i64);
         Ok(())
     }
@@ -680,19 +685,23 @@ impl Sfu {
     /// Time passed; drives every peer whose timer is due, and periodic housekeeping.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        let due: Vec<ParticipantId> = self
-            .peers
-            .values()
-            .filter(|p| p.timeout <= now)
-            .map(|p| p.id)
-            .collect();
-        for participant in due {
-            if let Some(peer) = self.peers.get_mut(&participant) {
-                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                    debug!(participant = %participant, "timeout input failed: {e}");
-                }
-                self.mark_dirty(participant);
+        // Only the peers whose timer is due: the heap keeps this independent of headcount.
+        while let Some(Reverse((at, participant))) = self.timers.peek().copied() {
+            if at > now {
+                break;
             }
+            self.timers.pop();
+            let Some(peer) = self.peers.get_mut(&participant) else {
+                continue;
+            };
+            if peer.timeout != at {
+                // A stale entry: the peer was driven since and has a newer timer.
+                continue;
+            }
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                debug!(participant = %participant, "timeout input failed: {e}");
+            }
+            self.mark_dirty(participant);
         }
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
@@ -711,14 +720,19 @@ impl Sfu {
             };
             self.drive(participant);
         }
-        let next = self
-            .peers
-            .values()
-            .map(|p| p.timeout)
-            .min()
-            .unwrap_or(self.next_housekeeping)
-            .min(self.next_housekeeping);
-        SfuOutput::Timeout(next)
+        // Drop stale heap entries so the earliest one is a live timer.
+        while let Some(Reverse((at, participant))) = self.timers.peek().copied() {
+            if self
+                .peers
+                .get(&participant)
+                .is_some_and(|p| p.timeout == at)
+            {
+                break;
+            }
+            self.timers.pop();
+        }
+        let next = self.timers.peek().map(|Reverse((at, _))| *at);
+        SfuOutput::Timeout(next.map_or(self.next_housekeeping, |at| at.min(self.next_housekeeping)))
     }
 
     fn peer_mut(&mut self, participant: ParticipantId) -> Result<&mut Peer, SfuError> {
@@ -756,7 +770,10 @@ impl Sfu {
                 }
                 Ok(Output::Event(e)) => events.push(e),
                 Ok(Output::Timeout(t)) => {
-                    peer.timeout = t;
+                    if peer.timeout != t {
+                        peer.timeout = t;
+                        self.timers.push(Reverse((t, participant)));
+                    }
                     break;
                 }
                 Err(e) => {

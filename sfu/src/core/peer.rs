@@ -5,13 +5,12 @@ use std::time::{Duration, Instant};
 
 use str0m::Rtc;
 use str0m::media::{MediaTime, Mid};
-use ting_protocol::{ParticipantId, RoomId, TrackId};
+use ting_protocol::{RoomId, TrackId};
 
 use super::track::LayerKey;
 
 #[derive(Debug)]
 pub struct Peer {
-    pub id: ParticipantId,
     pub room: RoomId,
     pub rtc: Rtc,
     pub connected: bool,
