@@ -906,7 +906,6 @@ impl Sfu {
         let Some(&track_id) = peer.published.get(&data.mid) else {
             return;
         };
-        let room = peer.room.clone();
         let Some(track) = self.tracks.get_mut(&track_id) else {
             return;
         };
@@ -922,19 +921,24 @@ impl Sfu {
         if kind == MediaKind::Audio
             && let Some(level) = data.ext_vals.audio_level
             && !track.muted
-            && let Some(room) = self.rooms.get_mut(&room)
+            && let Some(room) = self.rooms.get_mut(&peer.room)
         {
             room.speakers.record(publisher, level, data.network_time);
         }
         if track.muted {
             return;
         }
-        let subscribers = track.subscribers.clone();
+        // Borrowed out for the loop and put back: no allocation per frame. `forward` never
+        // changes who subscribes.
+        let subscribers = std::mem::take(&mut track.subscribers);
         if kind == MediaKind::Video && !data.contiguous {
             self.request_keyframe(track_id, layer, KeyframeRequestKind::Pli);
         }
-        for (subscriber, mid) in subscribers {
+        for &(subscriber, mid) in &subscribers {
             self.forward(&data, kind, keyframe, subscriber, mid);
+        }
+        if let Some(track) = self.tracks.get_mut(&track_id) {
+            track.subscribers = subscribers;
         }
     }
 
