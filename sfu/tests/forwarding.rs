@@ -410,3 +410,30 @@ fn layers_nobody_watches_are_paused_and_resume_when_asked_for() {
     net.run_for(secs(5));
     assert_eq!(net.peers[publisher].active_layers, Some(vec![]));
 }
+
+#[test]
+fn a_top_layer_that_starts_late_is_not_paused_before_it_arrives() {
+    let mut net = Net::new();
+    let publisher = net.add_peer(true, 0);
+    let viewer = net.add_peer(false, 1);
+    net.peers[publisher].late_layer = Some(("f", net.now + secs(5)));
+    net.subscribe_to(viewer, &[publisher], None);
+    let mid = net.peers[viewer].recv_video[0];
+    let got_f = net.run_until(secs(30), |n| n.last_layer(viewer, mid) == Some(b'f'));
+    let announced: Vec<&Vec<String>> = net
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SfuEvent::LayersWanted { active, .. } => Some(active),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        got_f,
+        "the late top layer reached the viewer; announced: {announced:?}"
+    );
+    assert!(
+        announced.iter().all(|a| a.iter().any(|r| r == "f")),
+        "f was never paused while wanted: {announced:?}"
+    );
+}

@@ -157,12 +157,17 @@ export async function joinWithToken(browser, base, room, token, { until = 'joine
   return page.evaluate(() => window.ting.participantId);
 }
 
-/** Inbound RTP counters of the page's peer connection, labelled with who and what they carry. */
+/**
+ * Inbound RTP counters of the page's peer connection, labelled with who and what they carry.
+ * Videos are subscribed per track (`participantId`, `source`); audio arrives in the audio slots
+ * (`slot: true`), which the server fills with the loudest speakers without saying who.
+ */
 export async function inbound(page) {
   return page.evaluate(async () => {
     const { pc, session } = window.ting;
     if (!pc || !session) return [];
     const byMid = new Map(session.receiving().map((r) => [r.mid, r]));
+    const slots = new Set(session.audioSlotMedia().map((s) => s.mid));
     const out = [];
     (await pc.getStats()).forEach((r) => {
       if (r.type !== 'inbound-rtp') return;
@@ -173,18 +178,49 @@ export async function inbound(page) {
         mid: r.mid,
         participantId: what?.participantId ?? null,
         source: what?.source ?? null,
+        slot: slots.has(r.mid),
         count: r.kind === 'video' ? (r.framesDecoded ?? 0) : (r.totalSamplesReceived ?? 0),
+        packets: r.packetsReceived ?? 0,
       });
     });
     return out;
   });
 }
 
-/** Streams whose counter (framesDecoded / totalSamplesReceived) grew over `ms`. */
+/**
+ * Streams whose counter (framesDecoded / totalSamplesReceived) and packet count grew over `ms`
+ * (a receiver conceals missing audio, so samples alone don't prove that anything arrives).
+ */
 export async function growingStreams(page, ms = 2000) {
-  const before = new Map((await inbound(page)).map((s) => [s.id, s.count]));
+  const before = new Map((await inbound(page)).map((s) => [s.id, s]));
   await sleep(ms);
-  return (await inbound(page)).filter((s) => s.count > (before.get(s.id) ?? Infinity));
+  return (await inbound(page)).filter((s) => {
+    const b = before.get(s.id);
+    return b !== undefined && s.count > b.count && s.packets > b.packets;
+  });
+}
+
+/** Outbound RTP counters of the page's peer connection (one per simulcast layer, by `rid`). */
+export async function outbound(page) {
+  return page.evaluate(async () => {
+    const pc = window.ting.pc;
+    if (!pc) return [];
+    const out = [];
+    (await pc.getStats()).forEach((r) => {
+      if (r.type !== 'outbound-rtp') return;
+      out.push({
+        id: r.id,
+        kind: r.kind,
+        mid: r.mid,
+        rid: r.rid ?? null,
+        framesEncoded: r.framesEncoded ?? 0,
+        bytesSent: r.bytesSent ?? 0,
+        frameHeight: r.frameHeight ?? null,
+        active: r.active ?? null,
+      });
+    });
+    return out;
+  });
 }
 
 /** Polls `check` (which returns true or a description of what is missing) until it passes. */

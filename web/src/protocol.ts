@@ -85,7 +85,8 @@ export type ClientMessage =
   | { type: 'join'; version: number; token: string; room?: string; resume?: string }
   | { type: 'offer'; sdp: string; tracks: PublishedTrack[] }
   | { type: 'candidate'; candidate: string; sdp_mid?: string }
-  | { type: 'subscribe'; subscriptions: Subscription[] }
+  /** `audio_slots`: receive-only audio mids the server fills with the loudest speakers. */
+  | { type: 'subscribe'; subscriptions: Subscription[]; audio_slots?: string[] }
   | { type: 'mute'; track_id: TrackId; muted: boolean }
   | { type: 'leave' }
   | { type: 'ping'; nonce: number }
@@ -143,6 +144,8 @@ export type ServerMessage =
   | { type: 'track_published'; track: TrackInfo }
   | { type: 'track_unpublished'; track_id: TrackId; participant_id: ParticipantId }
   | { type: 'track_updated'; track: TrackInfo }
+  /** To a publisher: send only these simulcast layers (rids) of `track_id`; `[]` pauses it. */
+  | { type: 'publish_layers'; track_id: TrackId; active: string[] }
   | { type: 'answer'; sdp: string; tracks: TrackInfo[] }
   | { type: 'active_speaker'; participant_id: ParticipantId | null }
   | { type: 'error'; code: ErrorCode; message: string }

@@ -50,6 +50,8 @@ const CAMERA_ENCODINGS: RTCRtpEncodingParameters[] = [
   { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
   { rid: 'f', maxBitrate: 1_500_000 },
 ];
+/** Receive-only audio m-lines the server fills with the room's loudest speakers (its default N). */
+const AUDIO_SLOTS = 3;
 const ANSWER_TIMEOUT_MS = 15_000;
 const RETRY_OFFER_MS = 3_000;
 const NEGOTIATION_DELAY_MS = 30;
@@ -69,10 +71,10 @@ interface SendSlot {
   trackId: TrackId | null;
 }
 
+/** A receive-only video m-line. (Audio comes through the audio slots instead.) */
 interface RecvSlot {
-  kind: TrackKind;
   transceiver: RTCRtpTransceiver;
-  /** The remote track shown on this m-line, or null when the slot is free for reuse. */
+  /** The remote video track shown on this m-line, or null when the slot is free for reuse. */
   trackId: TrackId | null;
 }
 
@@ -102,6 +104,12 @@ export class Session {
 
   private readonly sendSlots: SendSlot[] = [];
   private readonly recvSlots: RecvSlot[] = [];
+  /** Receive-only audio m-lines carrying the loudest speakers, whoever they are. */
+  private readonly audioSlots: RTCRtpTransceiver[] = [];
+  /** The server's latest `publish_layers` for our camera, applied again after renegotiations. */
+  private layerWish: { trackId: TrackId; active: string[] } | null = null;
+  /** Serializes `setParameters` calls. */
+  private layersApplied: Promise<void> = Promise.resolve();
   private readonly localStream = new MediaStream();
   private negotiating = false;
   private wantNegotiation = false;
@@ -110,8 +118,8 @@ export class Session {
     resolve: (a: { sdp: string; tracks: TrackInfo[] }) => void;
     reject: (e: OfferFailed) => void;
   } | null = null;
-  /** Starts as the empty list: there is no point in telling the server "nothing" first. */
-  private lastSubscriptions = '[]';
+  /** Starts as "nothing": there is no point in telling the server that first. */
+  private lastSubscriptions = JSON.stringify({ subscriptions: [] });
   private subscriptionTimer: number | undefined;
   private closed = false;
   /** The server refused our media (`not_allowed`) although the role looked fine. */
@@ -146,8 +154,9 @@ export class Session {
       local.microphone?.stop();
       local.camera?.stop();
     }
+    for (let i = 0; i < AUDIO_SLOTS; i++) this.audioSlots.push(this.pc.addTransceiver('audio', { direction: 'recvonly' }));
     this.allocateReceivers();
-    if (this.sendSlots.length > 0 || this.recvSlots.length > 0) this.negotiate();
+    this.negotiate();
   }
 
   // ---- queries for the UI ----
@@ -171,13 +180,18 @@ export class Session {
     return this.slotFor(source)?.muted ?? true;
   }
 
-  /** The media of remote track `trackId`, once its receiving m-line is negotiated. */
+  /** The media of remote video track `trackId`, once its receiving m-line is negotiated. */
   remoteMedia(trackId: TrackId): MediaStreamTrack | null {
     const slot = this.recvSlots.find((s) => s.trackId === trackId);
     return slot && this.isNegotiated(slot.transceiver) ? slot.transceiver.receiver.track : null;
   }
 
-  /** What each negotiated receiving m-line shows, for tests and debugging (matches getStats `mid`). */
+  /** The negotiated audio slots: each plays whichever loud speaker the server puts in it. */
+  audioSlotMedia(): { mid: string; track: MediaStreamTrack }[] {
+    return this.audioSlots.flatMap((t) => (this.isNegotiated(t) ? [{ mid: t.mid as string, track: t.receiver.track }] : []));
+  }
+
+  /** What each negotiated video m-line shows, for tests and debugging (matches getStats `mid`). */
   receiving(): { mid: string; trackId: TrackId; participantId: ParticipantId; source: TrackSource }[] {
     const tracks = new Map(this.remoteTracks().map((t) => [t.id, t]));
     return this.recvSlots.flatMap((slot) => {
@@ -329,6 +343,10 @@ export class Session {
         this.activeSpeaker = msg.participant_id;
         this.listener.changed();
         return;
+      case 'publish_layers':
+        this.layerWish = { trackId: msg.track_id, active: msg.active };
+        this.applyLayers();
+        return;
       case 'error':
         this.onServerError(msg.code, msg.message);
         return;
@@ -468,10 +486,10 @@ export class Session {
     return [...this.participants.values()].flatMap((p) => p.tracks);
   }
 
-  /** Gives every remote track a receiving m-line, reusing free ones; adding one needs an offer. */
+  /** Gives every remote video track a receiving m-line, reusing free ones; adding one needs an offer. */
   private allocateReceivers(): void {
     if (this.closed) return;
-    const wanted = new Map(this.remoteTracks().map((t) => [t.id, t]));
+    const wanted = new Map(this.remoteTracks().filter((t) => t.kind === 'video').map((t) => [t.id, t]));
     for (const slot of this.recvSlots) {
       if (slot.trackId !== null && !wanted.has(slot.trackId)) slot.trackId = null;
     }
@@ -479,10 +497,10 @@ export class Session {
     let added = false;
     for (const track of wanted.values()) {
       if (assigned.has(track.id)) continue;
-      let slot = this.recvSlots.find((s) => s.trackId === null && s.kind === track.kind);
+      let slot = this.recvSlots.find((s) => s.trackId === null);
       if (!slot) {
-        const transceiver = this.pc.addTransceiver(track.kind, { direction: 'recvonly' });
-        slot = { kind: track.kind, transceiver, trackId: null };
+        const transceiver = this.pc.addTransceiver('video', { direction: 'recvonly' });
+        slot = { transceiver, trackId: null };
         this.recvSlots.push(slot);
         added = true;
       }
@@ -507,7 +525,10 @@ export class Session {
     }, 0);
   }
 
-  /** Sends the full subscription list when it differs from the last one sent. */
+  /**
+   * Sends the full subscription list (videos, and the audio slots, which the server keeps filled
+   * with the loudest speakers) when it differs from the last one sent.
+   */
   private sendSubscriptions(): void {
     if (this.closed) return;
     const subscriptions: Subscription[] = [];
@@ -515,15 +536,38 @@ export class Session {
       const mid = slot.transceiver.mid;
       if (slot.trackId === null || mid === null || !this.isNegotiated(slot.transceiver)) continue;
       const sub: Subscription = { track_id: slot.trackId, mid };
-      if (slot.kind === 'video') {
-        const h = this.tileHeight(slot.trackId);
-        if (h !== undefined) sub.max_height = Math.max(90, Math.round(h));
-      }
+      const h = this.tileHeight(slot.trackId);
+      if (h !== undefined) sub.max_height = Math.max(90, Math.round(h));
       subscriptions.push(sub);
     }
-    const key = JSON.stringify(subscriptions);
+    const msg: Extract<ClientMessage, { type: 'subscribe' }> = { type: 'subscribe', subscriptions };
+    const slots = this.audioSlotMedia().map((s) => s.mid);
+    if (slots.length > 0) msg.audio_slots = slots;
+    const key = JSON.stringify({ subscriptions, audio_slots: msg.audio_slots });
     if (key === this.lastSubscriptions) return;
-    if (this.signal.send({ type: 'subscribe', subscriptions })) this.lastSubscriptions = key;
+    if (this.signal.send(msg)) this.lastSubscriptions = key;
+  }
+
+  /**
+   * Applies the server's `publish_layers` to our camera's simulcast encodings: the layers nobody
+   * watches are not encoded at all (`[]` pauses the camera). Audio is never paused.
+   */
+  private applyLayers(): void {
+    this.layersApplied = this.layersApplied.then(async () => {
+      const wish = this.layerWish;
+      const slot = wish && this.sendSlots.find((s) => s.source === 'camera' && s.track && s.trackId === wish.trackId);
+      if (!wish || !slot || this.closed) return;
+      const sender = slot.transceiver.sender;
+      const params = sender.getParameters();
+      if (params.encodings.length < 2) return;
+      let changed = false;
+      for (const e of params.encodings) {
+        const active = e.rid !== undefined && wish.active.includes(e.rid);
+        changed ||= e.active !== active;
+        e.active = active;
+      }
+      if (changed) await sender.setParameters(params);
+    }).catch((e: unknown) => console.warn(`ting: could not change the camera's layers: ${String(e)}`));
   }
 
   private publishedTracks(): PublishedTrack[] {
@@ -603,6 +647,7 @@ export class Session {
     if (this.closed) return;
     await this.pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
     this.applyOwnTracks(reply.tracks);
+    this.applyLayers();
     this.syncSubscriptions();
     this.listener.changed();
   }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rids};
 use str0m::net::{DatagramRecv, Protocol, Receive, TcpType, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use ting_protocol::{ParticipantId, RoomId, TrackId, TrackKind};
@@ -312,8 +312,13 @@ impl Sfu {
                 continue;
             }
             peer.published.insert(mid, id);
-            self.tracks
-                .insert(id, Track::new(participant, mid, kind, muted, now));
+            let mut track = Track::new(participant, mid, kind, muted, now);
+            if let Some(Rids::Specific(rids)) = peer.rtc.media(mid).map(|m| m.rids_rx()) {
+                for rid in rids {
+                    track.declare_layer(Some(*rid), now);
+                }
+            }
+            self.tracks.insert(id, track);
         }
         self.metrics.tracks.set(self.tracks.len() as i64);
         self.mark_dirty(participant);

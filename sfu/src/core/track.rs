@@ -20,6 +20,8 @@ const BITRATE_WINDOW: Duration = Duration::from_millis(1000);
 #[derive(Debug)]
 pub struct LayerStat {
     pub key: LayerKey,
+    /// Declared in the SDP but no packet yet: known (so it can be asked for) but not available.
+    seen: bool,
     pub bitrate_bps: u64,
     pub height: Option<u32>,
     last_seen: Instant,
@@ -68,6 +70,7 @@ impl Track {
             None => {
                 self.layers.push(LayerStat {
                     key,
+                    seen: true,
                     bitrate_bps: 0,
                     height: None,
                     last_seen: now,
@@ -78,6 +81,10 @@ impl Track {
                 &mut self.layers[last]
             }
         };
+        if !layer.seen {
+            layer.seen = true;
+            layer.window_start = now;
+        }
         layer.window_bytes += bytes as u64;
         layer.last_seen = now;
         if height.is_some() {
@@ -93,7 +100,26 @@ impl Track {
 
     /// Layers that currently arrive, cheapest first, with the key each index stands for.
     pub fn available_layers(&self, now: Instant) -> (Vec<LayerKey>, Vec<LayerOption>) {
-        self.layers_where(|l| now.saturating_duration_since(l.last_seen) < LAYER_STALE_AFTER)
+        self.layers_where(|l| {
+            l.seen && now.saturating_duration_since(l.last_seen) < LAYER_STALE_AFTER
+        })
+    }
+
+    /// Registers a simulcast layer the publisher's SDP declares, before any of it arrives, so
+    /// that receivers can ask for it (an encoder starts its top layer last; it must not be
+    /// paused for not having been seen yet).
+    pub fn declare_layer(&mut self, key: LayerKey, now: Instant) {
+        if self.layers.iter().all(|l| l.key != key) {
+            self.layers.push(LayerStat {
+                key,
+                seen: false,
+                bitrate_bps: 0,
+                height: None,
+                last_seen: now,
+                window_bytes: 0,
+                window_start: now,
+            });
+        }
     }
 
     /// Every layer ever seen, including paused ones, cheapest first.

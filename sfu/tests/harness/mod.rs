@@ -61,6 +61,8 @@ pub struct Peer {
     video_codec: Codec,
     /// Simulcast layers the SFU asked for (`None`: all).
     pub active_layers: Option<Vec<String>>,
+    /// A layer the encoder starts late (as browsers start their top layer last).
+    pub late_layer: Option<(&'static str, Instant)>,
     force_keyframe: Vec<Option<Rid>>,
     next_audio: Instant,
     next_video: Instant,
@@ -222,6 +224,7 @@ impl Net {
             audio_level: -30,
             video_codec: self.video_codec,
             active_layers: None,
+            late_layer: None,
             force_keyframe: Vec::new(),
             next_audio: self.now,
             next_video: self.now,

@@ -58,7 +58,8 @@ function trackOf(p: ParticipantInfo, source: TrackInfo['source']): TrackInfo | u
 
 export class MeetingView {
   private readonly tiles = new Map<string, Tile>();
-  private readonly audio = new Map<TrackId, HTMLAudioElement>();
+  /** One hidden <audio> per audio slot, by the slot's receiving track. */
+  private readonly audio = new Map<MediaStreamTrack, HTMLAudioElement>();
   private readonly grid = h('div', { className: 'grid', role: 'list', 'aria-label': 'Participants' });
   private readonly screens = h('div', { className: 'screens', 'aria-label': 'Screen shares' });
   private readonly stage = h('main', { className: 'stage' }, this.screens, this.grid);
@@ -319,26 +320,13 @@ export class MeetingView {
     tile.el.classList.toggle('hand-up', m.handRaised);
   }
 
+  /** The audio slots play the loudest speakers; each gets its own element, made once. */
   private renderAudio(s: Session): void {
-    const wanted = new Map<TrackId, MediaStreamTrack>();
-    for (const p of s.participants.values()) {
-      for (const t of p.tracks) {
-        if (t.kind !== 'audio') continue;
-        const media = s.remoteMedia(t.id);
-        if (media) wanted.set(t.id, media);
-      }
-    }
-    for (const [id, el] of this.audio) {
-      if (wanted.get(id) === (el.srcObject as MediaStream | null)?.getAudioTracks()[0]) continue;
-      el.srcObject = null;
-      el.remove();
-      this.audio.delete(id);
-    }
-    for (const [id, media] of wanted) {
-      if (this.audio.has(id)) continue;
+    for (const { track } of s.audioSlotMedia()) {
+      if (this.audio.has(track)) continue;
       const el = h('audio', { autoplay: true });
-      el.srcObject = new MediaStream([media]);
-      this.audio.set(id, el);
+      el.srcObject = new MediaStream([track]);
+      this.audio.set(track, el);
       this.audioBox.append(el);
       el.play().catch(() => {
         // Autoplay was refused (no user gesture yet): the next click anywhere starts sound.
