@@ -18,6 +18,6 @@ pub use signal::{
 /// Version of the signalling protocol spoken on `/ws`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Largest WebSocket message (in bytes) the server accepts; SDP offers with many m-lines stay
-/// far below this.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest WebSocket message (in bytes) the server accepts. An SDP offer grows by 1–2 KiB per
+/// m-line, and a client showing a 49-tile gallery has over 50 of them.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;

@@ -26,6 +26,8 @@ enum Command {
     Serve(ServeArgs),
     /// Print a join token (also usable as a WHIP/WHEP Bearer token).
     Token(TokenArgs),
+    /// Load test a server with simulated participants (see loadtest/README.md).
+    Loadtest(ting_loadtest::cli::Args),
 }
 
 #[derive(clap::Args)]
@@ -53,6 +55,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
+        Command::Loadtest(args) => ting_loadtest::cli::run(args),
     }
 }
 

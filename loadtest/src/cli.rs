@@ -1,0 +1,155 @@
+//! Command line: `ting-loadtest run …` and `ting loadtest run …` share these arguments.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args as ClapArgs, Subcommand};
+
+use crate::runner::{self, RunConfig};
+use crate::scenario::Scenario;
+use crate::tokens::resolve_secret;
+
+/// Drive simulated participants against a Ting server and report what they measured.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a scenario against a server.
+    Run(RunArgs),
+    /// Check scenario files and show what they would do, without connecting.
+    Check {
+        /// Scenario files (TOML).
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct RunArgs {
+    /// Scenario file (TOML), e.g. loadtest/scenarios/smoke-10.toml.
+    #[arg(long)]
+    pub scenario: PathBuf,
+    /// The server, http://HOST:PORT.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// The server's token secret. Default: read DATA_DIR/token-secret, as `ting token` does.
+    #[arg(long, env = "TING_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// The server's data directory (for its token secret).
+    #[arg(long, env = "TING_DATA_DIR", default_value = "ting-data")]
+    pub data_dir: PathBuf,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Worker threads driving the participants.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Override the scenario's duration_secs (hold time after the ramp).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Override the scenario's ramp_per_sec (joins per second).
+    #[arg(long)]
+    pub ramp: Option<f64>,
+    /// Multiply the size of the receive-only groups (attendees, viewers); publishers stay.
+    #[arg(long)]
+    pub scale: Option<f64>,
+    /// Address the simulated participants' media sockets bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub local_ip: IpAddr,
+    /// The server's process id when it runs on this machine: its CPU use goes in the report.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Seconds to wait for `joined`.
+    #[arg(long, default_value_t = 15)]
+    pub join_timeout: u64,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs a command; the entry point of both binaries.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,str0m=error")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    match args.command {
+        Command::Run(run) => run_scenario(run),
+        Command::Check { scenarios } => check(&scenarios),
+    }
+}
+
+/// Applies the command line's overrides to the scenario file.
+pub fn load_scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
+    let mut scenario = Scenario::load(&args.scenario)?;
+    if let Some(d) = args.duration {
+        scenario.duration_secs = d;
+    }
+    if let Some(r) = args.ramp {
+        scenario.ramp_per_sec = r;
+    }
+    if let Some(f) = args.scale {
+        scenario.scale_audience(f)?;
+    }
+    scenario
+        .validate()
+        .context("after applying the overrides")?;
+    Ok(scenario)
+}
+
+fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
+    let scenario = load_scenario(&args)?;
+    let secret = resolve_secret(args.token_secret.as_deref(), &args.data_dir)?;
+    let config = RunConfig {
+        workers: args.workers,
+        local_ip: args.local_ip,
+        progress: !args.quiet,
+        join_timeout: Duration::from_secs(args.join_timeout),
+        server_pid: args.server_pid,
+        ..RunConfig::new(scenario.clone(), args.server.clone(), secret)
+    };
+    eprintln!(
+        "ting-loadtest: {} — {} participants, ramp {:.1} s, hold {:.0} s, {} worker(s), server {}",
+        scenario.name,
+        scenario.participant_count(),
+        scenario.ramp_duration().as_secs_f64(),
+        scenario.duration_secs,
+        config.workers,
+        config.server
+    );
+    let report = runner::run(&config)?;
+    if let Some(path) = &args.report {
+        report.write_json(path)?;
+        eprintln!("ting-loadtest: report written to {}", path.display());
+    }
+    print!("{}", report.summary());
+    Ok(())
+}
+
+fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
+    for path in paths {
+        let scenario = Scenario::load(path)?;
+        let plans = scenario.plan()?;
+        let publishers = plans.iter().filter(|p| p.publishes()).count();
+        let cameras = plans.iter().filter(|p| p.video).count();
+        println!(
+            "{}: {} — {} participants in {} room(s), {publishers} publishing ({cameras} with camera); ramp {:.1} s, hold {:.0} s",
+            path.display(),
+            scenario.name,
+            plans.len(),
+            scenario.rooms,
+            scenario.ramp_duration().as_secs_f64(),
+            scenario.duration_secs
+        );
+    }
+    Ok(())
+}
