@@ -59,6 +59,26 @@ async fn publish_microphone(client: &mut Client) -> TrackId {
     tracks[0].id
 }
 
+/// The host makes the attendee a speaker; waits until the attendee has been told.
+async fn promote(host: &mut Client, attendee: &mut Client, attendee_id: ParticipantId) {
+    host.send(&ClientMessage::SetRole {
+        participant_id: attendee_id,
+        role: Role::Speaker,
+    })
+    .await;
+    attendee
+        .expect("promotion", |m| {
+            matches!(
+                m,
+                ServerMessage::Moderated {
+                    action: ModerationAction::RoleChanged,
+                    ..
+                }
+            )
+        })
+        .await;
+}
+
 struct Meeting {
     server: TestServer,
     host: Client,
@@ -157,22 +177,7 @@ async fn a_moderators_mute_sticks_when_the_room_forbids_unmuting() {
         mut attendee,
         attendee_id,
     } = meeting().await;
-    host.send(&ClientMessage::SetRole {
-        participant_id: attendee_id,
-        role: Role::Speaker,
-    })
-    .await;
-    attendee
-        .expect("promotion", |m| {
-            matches!(
-                m,
-                ServerMessage::Moderated {
-                    action: ModerationAction::RoleChanged,
-                    ..
-                }
-            )
-        })
-        .await;
+    promote(&mut host, &mut attendee, attendee_id).await;
     let track = publish_microphone(&mut attendee).await;
     host.send(&ClientMessage::UpdateRoom {
         locked: None,
@@ -474,22 +479,7 @@ async fn mute_all_spares_the_moderators() {
         Client::join(&server, &server.token("town-hall", "siri", Role::Speaker)).await;
     host.expect_arrival().await;
     attendee.expect_arrival().await;
-    host.send(&ClientMessage::SetRole {
-        participant_id: attendee_id,
-        role: Role::Speaker,
-    })
-    .await;
-    attendee
-        .expect("promotion", |m| {
-            matches!(
-                m,
-                ServerMessage::Moderated {
-                    action: ModerationAction::RoleChanged,
-                    ..
-                }
-            )
-        })
-        .await;
+    promote(&mut host, &mut attendee, attendee_id).await;
     let host_track = publish_microphone(&mut host).await;
     let tracks = [
         publish_microphone(&mut attendee).await,

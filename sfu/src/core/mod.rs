@@ -359,13 +359,8 @@ impl Sfu {
             if track.owner == participant {
                 return invalid("a participant does not receive its own tracks");
             }
-            match peer.rtc.media(mid) {
-                None => return invalid("no such m-line"),
-                Some(m) if m.kind() != track.kind => return invalid("kind differs from the track"),
-                Some(m) if !matches!(m.direction(), Direction::SendOnly | Direction::SendRecv) => {
-                    return invalid("m-line does not receive from the server");
-                }
-                Some(_) => {}
+            if let Err(why) = check_receiving_mline(peer, mid, track.kind) {
+                return invalid(why);
             }
             if wanted.insert(mid, sub).is_some() {
                 return invalid("m-line used twice");
@@ -420,17 +415,13 @@ impl Sfu {
             let id = Mid::from(mid.as_str());
             let invalid =
                 |why: &str| Err(SfuError::InvalidSubscription(format!("mid {mid}: {why}")));
-            match peer.rtc.media(id) {
-                None => return invalid("no such m-line"),
-                Some(m) if m.kind() != MediaKind::Audio => {
-                    return invalid("audio slots are audio m-lines");
-                }
-                Some(m) if !matches!(m.direction(), Direction::SendOnly | Direction::SendRecv) => {
-                    return invalid("m-line does not receive from the server");
-                }
-                Some(_) if slots.contains(&id) => return invalid("m-line used twice"),
-                Some(_) => slots.push(id),
+            if let Err(why) = check_receiving_mline(peer, id, MediaKind::Audio) {
+                return invalid(why);
             }
+            if slots.contains(&id) {
+                return invalid("m-line used twice");
+            }
+            slots.push(id);
         }
         let before = std::mem::replace(&mut self.peer_mut(participant)?.audio_slots, slots.clone());
         for mid in before.into_iter().chain(slots) {
@@ -1164,6 +1155,18 @@ impl Sfu {
         for (track, layer) in keyframes_needed {
             self.request_keyframe(track, layer, KeyframeRequestKind::Pli);
         }
+    }
+}
+
+/// Whether the receiver's m-line `mid` exists, is of `kind`, and receives from the server.
+fn check_receiving_mline(peer: &Peer, mid: Mid, kind: MediaKind) -> Result<(), &'static str> {
+    match peer.rtc.media(mid) {
+        None => Err("no such m-line"),
+        Some(m) if m.kind() != kind => Err("the m-line is of another kind"),
+        Some(m) if !matches!(m.direction(), Direction::SendOnly | Direction::SendRecv) => {
+            Err("m-line does not receive from the server")
+        }
+        Some(_) => Ok(()),
     }
 }
 
