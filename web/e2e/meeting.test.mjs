@@ -122,6 +122,24 @@ test('three participants see and hear each other', { timeout: 45_000 }, async ()
   }
 });
 
+test('a tile can be pinned, one at a time (last-N video keeps the pinned camera)', { timeout: 15_000 }, async () => {
+  const [alice, bob, carol] = people;
+  const { page } = bob;
+  const pinOf = (name) => tileOf(page, ids.get(name.name)).locator('[data-action="pin"]');
+  assert.equal(await page.locator('.tile.self [data-action="pin"]:visible').count(), 0, 'no pin on one\'s own tile');
+  await pinOf(alice).click({ timeout: 3000 });
+  await page.waitForFunction((id) => window.ting.session.pinned === id, ids.get('Alice'), { timeout: 2000 });
+  assert.equal(await pinOf(alice).getAttribute('aria-pressed'), 'true');
+  await pinOf(carol).click({ timeout: 3000 });
+  await page.waitForFunction((id) => window.ting.session.pinned === id, ids.get('Carol'), { timeout: 2000 });
+  assert.equal(await pinOf(alice).getAttribute('aria-pressed'), 'false', 'pinning another unpins the first');
+  await pinOf(carol).click({ timeout: 3000 });
+  await page.waitForFunction(() => window.ting.session.pinned === null, null, { timeout: 2000 });
+  // Under the cap everybody's camera stays received throughout.
+  const videoFrom = new Set((await page.evaluate(() => window.ting.session.receiving())).map((r) => r.participantId));
+  assert.ok(videoFrom.has(ids.get('Alice')) && videoFrom.has(ids.get('Carol')), `receiving ${[...videoFrom]}`);
+});
+
 test('a muted microphone shows on the other tiles within 2 s', { timeout: 30_000 }, async () => {
   const [alice, bob, carol] = people;
   const aliceId = ids.get('Alice');

@@ -19,6 +19,7 @@ import {
   type TrackKind,
   type TrackSource,
 } from './protocol.js';
+import { MAX_VIDEO_TILES, noteSpeaker, selectVideos } from './lastn.js';
 
 /** What the session needs from the signalling layer. */
 export interface SignalSender {
@@ -94,6 +95,10 @@ export class Session {
   readonly room: string;
   readonly participants = new Map<ParticipantId, ParticipantInfo>();
   activeSpeaker: ParticipantId | null;
+  /** The participant whose camera is always received (last-N video), chosen by the user. */
+  pinned: ParticipantId | null = null;
+  /** Remote participants who spoke, most recent first: their cameras are received first. */
+  private readonly speakers: ParticipantId[] = [];
   /** Everyone in the room (viewers too, who are counted but not listed), when the server says. */
   private serverCount: number | null;
   mediaStatus: MediaStatus = 'new';
@@ -140,6 +145,7 @@ export class Session {
     this.self = joined.participant;
     this.room = joined.room;
     this.activeSpeaker = joined.active_speaker;
+    this.noteSpeaker(joined.active_speaker);
     this.serverCount = joined.participant_count || null;
     // No ICE servers: the server's answer carries a host candidate we can reach directly.
     this.pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
@@ -203,6 +209,15 @@ export class Session {
   }
 
   // ---- user actions ----
+
+  /** Pins a participant's camera (always received), or unpins with `null`. One pin at most. */
+  setPinned(id: ParticipantId | null): void {
+    if (this.pinned === id) return;
+    this.pinned = id;
+    this.allocateReceivers();
+    this.syncSubscriptions();
+    this.listener.changed();
+  }
 
   setMuted(source: 'microphone' | 'camera', muted: boolean): void {
     const slot = this.slotFor(source);
@@ -341,8 +356,9 @@ export class Session {
       }
       case 'active_speaker':
         this.activeSpeaker = msg.participant_id;
-        this.listener.changed();
-        return;
+        // A new speaker may move into the received cameras (a new `subscribe`, no offer).
+        this.noteSpeaker(msg.participant_id);
+        break;
       case 'publish_layers':
         this.layerWish = { trackId: msg.track_id, active: msg.active };
         this.applyLayers();
@@ -369,6 +385,8 @@ export class Session {
     this.participants.clear();
     for (const p of joined.participants) this.participants.set(p.id, p);
     this.activeSpeaker = joined.active_speaker;
+    this.noteSpeaker(joined.active_speaker);
+    this.forgetAbsent();
     this.serverCount = joined.participant_count || null;
     this.pendingMutes = [];
     // Mute changes made while offline were not delivered: tell the server where it differs.
@@ -436,6 +454,18 @@ export class Session {
     if (id === this.self.id) return;
     this.participants.delete(id);
     if (this.activeSpeaker === id) this.activeSpeaker = null;
+    this.forgetAbsent();
+  }
+
+  private noteSpeaker(id: ParticipantId | null): void {
+    if (id !== null && id !== this.self.id) noteSpeaker(this.speakers, id);
+  }
+
+  /** Drops those who left from the speaker recency list and the pin. */
+  private forgetAbsent(): void {
+    const gone = this.speakers.filter((id) => !this.participants.has(id));
+    for (const id of gone) this.speakers.splice(this.speakers.indexOf(id), 1);
+    if (this.pinned !== null && !this.participants.has(this.pinned)) this.pinned = null;
   }
 
   /** Our participant info changed: a new role may grant or take away the right to publish. */
@@ -486,10 +516,33 @@ export class Session {
     return [...this.participants.values()].flatMap((p) => p.tracks);
   }
 
-  /** Gives every remote video track a receiving m-line, reusing free ones; adding one needs an offer. */
+  /**
+   * The remote video tracks to receive: every screen share, and at most MAX_VIDEO_TILES cameras
+   * (last-N: the pinned one, recent speakers, those already shown, then roster order). Muted
+   * cameras send nothing and are left out. The others' tiles show their avatar.
+   */
+  private wantedVideos(): Map<TrackId, TrackInfo> {
+    const wanted = new Map<TrackId, TrackInfo>();
+    const cameras = new Map<ParticipantId, TrackInfo>();
+    const people = [...this.participants.values()].sort((a, b) => a.id - b.id);
+    for (const t of people.flatMap((p) => p.tracks)) {
+      if (t.kind !== 'video') continue;
+      if (t.source !== 'camera') wanted.set(t.id, t);
+      else if (!t.muted && !cameras.has(t.participant_id)) cameras.set(t.participant_id, t);
+    }
+    const shownTracks = new Set(this.recvSlots.map((s) => s.trackId));
+    const shown = [...cameras.values()].filter((t) => shownTracks.has(t.id)).map((t) => t.participant_id);
+    for (const id of selectVideos([...cameras.keys()], this.pinned, this.speakers, MAX_VIDEO_TILES, shown)) {
+      const t = cameras.get(id);
+      if (t) wanted.set(t.id, t);
+    }
+    return wanted;
+  }
+
+  /** Gives each wanted video track a receiving m-line, reusing free ones; adding one needs an offer. */
   private allocateReceivers(): void {
     if (this.closed) return;
-    const wanted = new Map(this.remoteTracks().filter((t) => t.kind === 'video').map((t) => [t.id, t]));
+    const wanted = this.wantedVideos();
     for (const slot of this.recvSlots) {
       if (slot.trackId !== null && !wanted.has(slot.trackId)) slot.trackId = null;
     }

@@ -30,6 +30,8 @@ interface TileModel {
   micMuted: boolean;
   speaking: boolean;
   handRaised: boolean;
+  /** Pinned (its camera always received); null when the tile can't be pinned (own, screens). */
+  pinned: boolean | null;
 }
 
 interface Tile {
@@ -39,6 +41,7 @@ interface Tile {
   avatar: HTMLDivElement;
   micMuted: HTMLSpanElement;
   hand: HTMLSpanElement;
+  pin: HTMLButtonElement;
   media: MediaStreamTrack | null;
   trackId: TrackId | null;
 }
@@ -186,6 +189,7 @@ export class MeetingView {
         micMuted: selfMic !== null && s.isMuted('microphone'),
         speaking: speaking === s.self.id,
         handRaised: !!s.self.hand_raised,
+        pinned: null,
       },
     ];
     const ownScreen = s.localTrack('screen');
@@ -201,6 +205,7 @@ export class MeetingView {
         micMuted: false,
         speaking: false,
         handRaised: false,
+        pinned: null,
       });
     }
     const people = [...s.participants.values()].sort((a, b) => a.id - b.id);
@@ -221,6 +226,7 @@ export class MeetingView {
         micMuted: mic?.muted ?? false,
         speaking: speaking === p.id,
         handRaised: !!p.hand_raised,
+        pinned: s.pinned === p.id,
       });
       for (const screen of p.tracks.filter((t) => t.source === 'screen')) {
         models.push({
@@ -234,6 +240,7 @@ export class MeetingView {
           micMuted: false,
           speaking: false,
           handRaised: false,
+          pinned: null,
         });
       }
     }
@@ -278,6 +285,13 @@ export class MeetingView {
     const hand = h('span', { className: 'hand-raised', title: 'Hand raised', hidden: true });
     hand.append(icon(icons.hand), h('span', { className: 'visually-hidden' }, 'Hand raised'));
     const name = h('span', { className: 'tile-name' });
+    // Pinning keeps this camera among the received videos (last-N); one pin at most.
+    const pin = h('button', { type: 'button', className: 'pin', 'data-action': 'pin', 'aria-pressed': 'false', hidden: true });
+    pin.append(icon(icons.pin), h('span', { className: 'visually-hidden' }, 'Pin'));
+    pin.addEventListener('click', () => {
+      const id = Number(el.dataset.participantId);
+      this.session?.setPinned(this.session.pinned === id ? null : id);
+    });
     const avatar = h('div', { className: 'avatar', 'aria-hidden': 'true' });
     const el = h(
       'div',
@@ -290,10 +304,11 @@ export class MeetingView {
       video,
       avatar,
       hand,
+      pin,
       h('div', { className: 'tile-label' }, micMuted, name),
     );
     if (m.self && m.source === 'camera') video.classList.add('mirror');
-    const tile: Tile = { el, video, name, avatar, micMuted, hand, media: null, trackId: null };
+    const tile: Tile = { el, video, name, avatar, micMuted, hand, pin, media: null, trackId: null };
     this.tiles.set(m.key, tile);
     if (!m.self) this.resize.observe(el);
     return tile;
@@ -318,6 +333,10 @@ export class MeetingView {
     tile.micMuted.hidden = !m.micMuted;
     tile.hand.hidden = !m.handRaised;
     tile.el.classList.toggle('hand-up', m.handRaised);
+    tile.pin.hidden = m.pinned === null;
+    tile.pin.setAttribute('aria-pressed', String(!!m.pinned));
+    tile.pin.title = m.pinned ? `Unpin ${m.name}` : `Pin ${m.name}: always show their video`;
+    tile.el.classList.toggle('pinned', !!m.pinned);
   }
 
   /** The audio slots play the loudest speakers; each gets its own element, made once. */
