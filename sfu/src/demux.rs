@@ -80,7 +80,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
 }
 
 /// RFC 7983 demultiplexing: STUN messages start with a byte in 0..=3.
-fn is_stun(datagram: &[u8]) -> bool {
+pub(crate) fn is_stun(datagram: &[u8]) -> bool {
     datagram.len() >= 20 && datagram[0] < 4
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use prometheus::Registry;
 use rand::Rng;
 use ting_protocol::{
-    ErrorCode, LeaveReason, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PublishedTrack, Role,
+    ErrorCode, LeaveReason, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PublishedTrack,
     RoomId, ServerMessage, Subscription, TrackId, TrackInfo, TrackKind, TrackSource,
 };
 use ting_sfu::{PublishRequest, SfuError, SfuEvent, SfuHandle, ShardError, SubscribeRequest};
@@ -358,7 +358,7 @@ impl Hub {
             };
             (member.info.role, member.info.tracks.clone(), forced)
         };
-        if !tracks.is_empty() && !may_publish(role) {
+        if !tracks.is_empty() && !role.may_publish() {
             return Err(HubError::new(
                 ErrorCode::NotAllowed,
                 format!("the role {role:?} may not publish; ask a moderator"),
@@ -547,14 +547,13 @@ impl Hub {
             .room(&room)
             .is_none_or(|r| r.settings.allow_self_unmute);
         let member = rooms.member_mut(participant).ok_or_else(not_joined)?;
-        let locked = member.moderator_muted.clone();
         let info = member
             .info
             .tracks
             .iter_mut()
             .find(|t| t.id == track)
             .ok_or_else(|| HubError::new(ErrorCode::UnknownTrack, "you have no such track"))?;
-        if !muted && !allow_self_unmute && locked.contains(&info.kind) {
+        if !muted && !allow_self_unmute && member.moderator_muted.contains(&info.kind) {
             return Err(HubError::new(
                 ErrorCode::NotAllowed,
                 "a moderator muted you; raise your hand to ask to speak",
@@ -718,10 +717,6 @@ impl Hub {
     fn new_track_id(&self) -> TrackId {
         TrackId(self.0.next_track.fetch_add(1, Ordering::Relaxed))
     }
-}
-
-fn may_publish(role: Role) -> bool {
-    role.may_publish()
 }
 
 fn not_joined() -> HubError {

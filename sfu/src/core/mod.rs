@@ -21,7 +21,7 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use ting_protocol::{ParticipantId, RoomId, TrackId, TrackKind};
 use tracing::{debug, trace};
 
-use crate::demux::{Demux, Route};
+use crate::demux::{Demux, Route, is_stun};
 use crate::layer::{VideoDemand, select_layers};
 use crate::loudest::LoudestSet;
 use crate::metrics::SfuMetrics;
@@ -150,6 +150,7 @@ pub struct Sfu {
     /// Peers' str0m timers, earliest first; entries whose time no longer matches the peer's
     /// `timeout` are stale and skipped.
     timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
+    event_buffer: Vec<Event>,
     next_housekeeping: Instant,
     now: Instant,
 }
@@ -166,6 +167,7 @@ impl Sfu {
             out: VecDeque::new(),
             dirty: Vec::new(),
             timers: BinaryHeap::new(),
+            event_buffer: Vec::new(),
             next_housekeeping: now,
             now,
         }
@@ -526,15 +528,17 @@ impl Sfu {
         for mid in &peer.audio_slots {
             match peer.slots.get(mid).map(|s| s.track) {
                 Some(track) if wanted.contains(&track) => kept.push(track),
-                _ => free.push(*mid),
+                current => free.push((*mid, current.is_none())),
             }
         }
         let mut newcomers = wanted.into_iter().filter(|t| !kept.contains(t));
-        for mid in free {
+        for (mid, empty) in free {
             let source = newcomers.next().map(|track| (track, None));
+            if source.is_none() && empty {
+                continue;
+            }
             self.show(participant, mid, source);
         }
-        self.mark_dirty(participant);
     }
 
     /// Stops forwarding everything the participant publishes (it lost the right to publish).
@@ -643,11 +647,8 @@ impl Sfu {
         datagram: &[u8],
     ) {
         self.now = now;
-        self.metrics.datagrams.with_label_values(&["in"]).inc();
-        self.metrics
-            .bytes
-            .with_label_values(&["in"])
-            .inc_by(datagram.len() as u64);
+        self.metrics.datagrams_in.inc();
+        self.metrics.bytes_in.inc_by(datagram.len() as u64);
         let Route::Peer(participant) = self.demux.route((source, destination), datagram) else {
             trace!(%source, "datagram from unknown sender");
             self.metrics.unroutable.inc();
@@ -669,7 +670,7 @@ impl Sfu {
                 contents,
             },
         );
-        if datagram[0] < 4 && peer.rtc.accepts(&input) {
+        if is_stun(datagram) && peer.rtc.accepts(&input) {
             self.demux.learn_address((source, destination), participant);
         }
         if let Err(e) = peer.rtc.handle_input(input) {
@@ -752,16 +753,14 @@ impl Sfu {
             return;
         };
         peer.dirty = false;
-        let mut events = Vec::new();
+        // Reused across calls: `drive` runs for every datagram.
+        let mut events = std::mem::take(&mut self.event_buffer);
         let mut failed = false;
         loop {
             match peer.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
-                    self.metrics.datagrams.with_label_values(&["out"]).inc();
-                    self.metrics
-                        .bytes
-                        .with_label_values(&["out"])
-                        .inc_by(t.contents.len() as u64);
+                    self.metrics.datagrams_out.inc();
+                    self.metrics.bytes_out.inc_by(t.contents.len() as u64);
                     self.out.push_back(SfuOutput::Transmit(t));
                 }
                 Ok(Output::Event(e)) => events.push(e),
@@ -780,9 +779,10 @@ impl Sfu {
             }
         }
         let alive = peer.rtc.is_alive();
-        for event in events {
+        for event in events.drain(..) {
             self.on_event(participant, event);
         }
+        self.event_buffer = events;
         if failed || !alive {
             self.close(participant);
         }
