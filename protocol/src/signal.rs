@@ -414,6 +414,8 @@ pub enum ErrorCode {
     /// The participant's role does not allow this.
     NotAllowed,
     UnknownTrack,
+    /// A `subscribe` names more tracks than the server sends one participant.
+    TooManyStreams,
     /// The room is locked; ask a moderator.
     RoomLocked,
     /// The media server is overloaded or shutting down.

@@ -18,8 +18,8 @@ pub mod shell;
 pub mod speaker;
 
 pub use crate::core::{
-    LayerKey, OfferAnswer, PublishRequest, Sfu, SfuConfig, SfuError, SfuEvent, SfuOutput,
-    SubscribeRequest,
+    DEFAULT_MAX_SUBSCRIPTIONS, LayerKey, OfferAnswer, PublishRequest, Sfu, SfuConfig, SfuError,
+    SfuEvent, SfuOutput, SubscribeRequest,
 };
 pub use demux::{Demux, Route};
 pub use metrics::SfuMetrics;

@@ -30,6 +30,11 @@ pub struct SfuMetrics {
     /// `out`: node → subscriber, as reported back by the subscriber).
     pub loss_ratio: HistogramVec,
     pub layer_switches: IntCounter,
+    /// Datagrams the kernel would not take (full send buffer) or refused.
+    pub send_dropped: IntCounter,
+    /// Peer timers handled: str0m's pacing, BWE, RTCP and ICE work that is paid per peer, not
+    /// per packet.
+    pub peer_timeouts: IntCounter,
     /// Time spent per iteration of a shard's loop, in seconds.
     pub loop_seconds: Histogram,
 }
@@ -71,6 +76,14 @@ impl SfuMetrics {
                 "ting_sfu_layer_switches_total",
                 "Simulcast layer switches for subscribers",
             )?,
+            send_dropped: IntCounter::new(
+                "ting_sfu_send_dropped_total",
+                "Outgoing datagrams the kernel refused (full send buffer, unreachable)",
+            )?,
+            peer_timeouts: IntCounter::new(
+                "ting_sfu_peer_timeouts_total",
+                "Peer connection timers handled",
+            )?,
             loop_seconds: Histogram::with_opts(
                 HistogramOpts::new("ting_sfu_loop_seconds", "Time per shard loop iteration")
                     .buckets(vec![1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]),
@@ -86,6 +99,8 @@ impl SfuMetrics {
         registry.register(Box::new(metrics.keyframe_requests.clone()))?;
         registry.register(Box::new(metrics.loss_ratio.clone()))?;
         registry.register(Box::new(metrics.layer_switches.clone()))?;
+        registry.register(Box::new(metrics.peer_timeouts.clone()))?;
+        registry.register(Box::new(metrics.send_dropped.clone()))?;
         registry.register(Box::new(metrics.loop_seconds.clone()))?;
         Ok(metrics)
     }

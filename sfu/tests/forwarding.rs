@@ -7,7 +7,8 @@ mod harness;
 use std::time::Duration;
 
 use harness::{Net, count_keyframe_requests};
-use ting_sfu::SfuEvent;
+use ting_protocol::TrackId;
+use ting_sfu::{DEFAULT_MAX_SUBSCRIPTIONS, SfuError, SfuEvent, SubscribeRequest};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -435,5 +436,37 @@ fn a_top_layer_that_starts_late_is_not_paused_before_it_arrives() {
     assert!(
         announced.iter().all(|a| a.iter().any(|r| r == "f")),
         "f was never paused while wanted: {announced:?}"
+    );
+}
+
+#[test]
+fn a_receiver_gets_at_most_the_capped_number_of_streams() {
+    let mut net = Net::new();
+    let viewer = net.add_peer(false, 1);
+    net.run_for(secs(1));
+    let id = net.peers[viewer].id;
+    let mid = net.peers[viewer].recv_video[0].to_string();
+    let request = |n: usize| -> Vec<SubscribeRequest> {
+        (0..n)
+            .map(|i| SubscribeRequest {
+                // Tracks that do not exist are skipped, so only the count matters here.
+                track_id: TrackId(10_000 + i as u64),
+                mid: mid.clone(),
+                max_height: None,
+            })
+            .collect()
+    };
+    let now = net.now;
+    assert_eq!(
+        net.sfu
+            .set_subscriptions(now, id, &request(DEFAULT_MAX_SUBSCRIPTIONS + 1)),
+        Err(SfuError::TooManySubscriptions {
+            max: DEFAULT_MAX_SUBSCRIPTIONS
+        })
+    );
+    assert_eq!(
+        net.sfu
+            .set_subscriptions(now, id, &request(DEFAULT_MAX_SUBSCRIPTIONS)),
+        Ok(())
     );
 }

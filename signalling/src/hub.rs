@@ -73,6 +73,7 @@ impl From<ShardError> for HubError {
             ShardError::Sfu(SfuError::InvalidSubscription(_) | SfuError::InvalidCandidate(_)) => {
                 ErrorCode::BadMessage
             }
+            ShardError::Sfu(SfuError::TooManySubscriptions { .. }) => ErrorCode::TooManyStreams,
         };
         Self::new(code, e.to_string())
     }

@@ -369,7 +369,7 @@ impl Rooms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ting_protocol::Role;
+    use ting_protocol::{Departure, Role};
 
     fn info(id: u64) -> ParticipantInfo {
         ParticipantInfo {
@@ -420,10 +420,16 @@ mod tests {
             joined.iter().map(|p| p.id).collect::<Vec<_>>(),
             vec![ParticipantId(2)]
         );
-        assert!(
-            left.is_empty() && updated.is_empty(),
-            "3 came and went within the batch"
+        // 3 came and went within the batch; 2 joined in between and had 3 in its `joined`, so
+        // the departure still goes out.
+        assert_eq!(
+            left,
+            vec![Departure {
+                participant_id: ParticipantId(3),
+                reason: LeaveReason::Left
+            }]
         );
+        assert!(updated.is_empty());
         assert_eq!(count, 2);
         assert!(rx1.try_recv().is_err(), "one message for three changes");
     }

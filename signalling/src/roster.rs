@@ -61,15 +61,13 @@ impl PendingRoster {
             return;
         }
         self.updated.remove(&id);
-        // Joined and left within one batch: nobody needs to hear of it.
-        let before = self.joined.len();
         self.joined.retain(|j| *j != id);
-        if self.joined.len() == before {
-            self.left.push(Departure {
-                participant_id: id,
-                reason,
-            });
-        }
+        // Even when it joined within this batch: whoever joined after it has it in the roster
+        // of its `joined`. The others ignore a departure of someone they never saw.
+        self.left.push(Departure {
+            participant_id: id,
+            reason,
+        });
     }
 
     pub fn updated(&mut self, id: ParticipantId) {
@@ -122,12 +120,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_quick_join_and_leave_is_not_reported() {
+    fn a_quick_join_and_leave_is_reported_as_a_departure_only() {
         let mut p = PendingRoster::default();
         p.joined(ParticipantId(1), true);
         p.left(ParticipantId(1), LeaveReason::Left, true);
         let flush = p.flush(Instant::now(), 0, |_| None);
-        assert!(flush.changes.is_none());
+        // Whoever joined in between saw participant 1 in its `joined` and must hear it left.
+        let Some(ServerMessage::RosterChanged { joined, left, .. }) = flush.changes else {
+            panic!("a batch: {:?}", flush.changes)
+        };
+        assert!(joined.is_empty());
+        assert_eq!(left.len(), 1);
         assert_eq!(flush.count, Some(ServerMessage::RosterCount { count: 0 }));
     }
 

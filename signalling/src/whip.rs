@@ -148,7 +148,11 @@ async fn create_session(
     }
     let id = crate::hub::random_token();
     let location = format!("/{kind}/{room}/{id}");
-    state.http_sessions.lock().insert(
+    let mut sessions = state.http_sessions.lock();
+    // Sessions whose participant left without a DELETE (the encoder died, the media timed
+    // out, a moderator removed it) end here, so the table holds only live ones.
+    sessions.retain(|_, s| hub.room_of(s.participant).is_some());
+    sessions.insert(
         id,
         HttpSession {
             room,
@@ -156,6 +160,7 @@ async fn create_session(
             identity: claims.sub,
         },
     );
+    drop(sessions);
     Ok((
         StatusCode::CREATED,
         [
@@ -174,17 +179,25 @@ pub async fn session_delete(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let (room, claims) = authorize(&state, &room, &headers)?;
-    let session = state.http_sessions.lock().get(&id).cloned();
-    let session = session
-        .filter(|s| s.room == room && s.identity == claims.sub)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::BadMessage,
-                "no such session",
-            )
-        })?;
-    state.http_sessions.lock().remove(&id);
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::BadMessage,
+            "no such session",
+        )
+    };
+    let session = {
+        let mut sessions = state.http_sessions.lock();
+        let owned = sessions
+            .get(&id)
+            .is_some_and(|s| s.room == room && s.identity == claims.sub);
+        owned.then(|| sessions.remove(&id)).flatten()
+    }
+    .ok_or_else(not_found)?;
+    // The participant may have left already (media failed, removed): then it is over.
+    if state.hub.room_of(session.participant).is_none() {
+        return Err(not_found());
+    }
     state.hub.leave(session.participant, LeaveReason::Left);
     Ok(StatusCode::OK)
 }

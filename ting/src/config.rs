@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
+use ting_sfu::DEFAULT_MAX_SUBSCRIPTIONS;
 
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 pub const DEFAULT_UDP_PORT: u16 = 7882;
@@ -58,6 +59,9 @@ pub struct ServeArgs {
     /// Loudest-N: how many speakers each participant hears at once (audio slots).
     #[arg(long, env = "TING_LOUDEST_N")]
     pub loudest_n: Option<usize>,
+    /// Most tracks one participant may subscribe to at once (audio slots not counted).
+    #[arg(long, env = "TING_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
 }
 
 /// The TOML file; every key is optional.
@@ -77,6 +81,7 @@ pub struct FileConfig {
     pub quick_start: Option<bool>,
     pub resume_grace_secs: Option<u64>,
     pub loudest_n: Option<usize>,
+    pub max_subscriptions: Option<usize>,
 }
 
 impl FileConfig {
@@ -104,6 +109,7 @@ pub struct ServeConfig {
     pub quick_start: bool,
     pub resume_grace: Duration,
     pub loudest_n: usize,
+    pub max_subscriptions: usize,
 }
 
 impl ServeConfig {
@@ -131,6 +137,11 @@ impl ServeConfig {
             },
             quick_start: !args.no_quick_start && file.quick_start.unwrap_or(true),
             loudest_n: args.loudest_n.or(file.loudest_n).unwrap_or(3).clamp(1, 16),
+            max_subscriptions: args
+                .max_subscriptions
+                .or(file.max_subscriptions)
+                .unwrap_or(DEFAULT_MAX_SUBSCRIPTIONS)
+                .clamp(1, 256),
             resume_grace: Duration::from_secs(
                 args.resume_grace_secs
                     .or(file.resume_grace_secs)

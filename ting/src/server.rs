@@ -62,6 +62,7 @@ pub async fn start(
         reflexive_candidates,
         tcp_candidates: tcp_candidates.clone(),
         loudest_n: config.loudest_n,
+        max_subscriptions: config.max_subscriptions,
     };
     let sockets = ShardSockets {
         udp: sockets,

@@ -6,10 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
 use common::peer::{MediaPeer, Sender, broadcast, post_sdp};
+use common::{Client, TestServer};
 use str0m::media::{Direction, MediaKind};
-use ting_protocol::Role;
+use ting_protocol::{ClientMessage, LeaveReason, Role, ServerMessage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whep_player_receives_what_a_whip_publisher_sends() {
@@ -182,5 +182,51 @@ async fn a_whep_player_can_watch_a_named_participant() {
         [b'B'].into(),
         "only Bob is shown"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_whip_session_ends_when_its_participant_is_removed() {
+    let server = TestServer::start(Duration::from_secs(5)).await;
+    let publisher_token = server.token("live", "encoder", Role::Speaker);
+    let mut peer = MediaPeer::udp();
+    let (offer, _pending, _mids) = peer.offer(&[
+        (MediaKind::Audio, Direction::SendOnly),
+        (MediaKind::Video, Direction::SendOnly),
+    ]);
+    let response = post_sdp(
+        &server,
+        "/whip/live",
+        &publisher_token,
+        offer.to_sdp_string(),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+
+    // A host removes the encoder; its session must not outlive it.
+    let (mut host, joined) = Client::join(&server, &server.token("live", "host", Role::Host)).await;
+    let ServerMessage::Joined { participants, .. } = joined else {
+        unreachable!()
+    };
+    let encoder = participants
+        .iter()
+        .find(|p| p.identity == "encoder")
+        .expect("the encoder is in the roster")
+        .id;
+    host.send(&ClientMessage::RemoveParticipant {
+        participant_id: encoder,
+    })
+    .await;
+    host.expect_departure(encoder, LeaveReason::Removed).await;
+
+    let status = reqwest::Client::new()
+        .delete(server.url(&location))
+        .bearer_auth(&publisher_token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404, "the session ended with its participant");
     server.shutdown().await;
 }

@@ -32,6 +32,9 @@ use track::{Track, vp8_keyframe_height};
 
 /// How often layer choices, speakers and bandwidth targets are re-evaluated.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
+/// Default cap on one receiver's subscriptions: a 25-tile gallery, screen shares and a few
+/// directly subscribed microphones.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 32;
 /// At most one keyframe request per layer of a track in this interval.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// Bandwidth assumed for a receiver before its first estimate.
@@ -51,6 +54,9 @@ pub struct SfuConfig {
     pub tcp_candidates: Vec<SocketAddr>,
     /// Loudest-N: how many speakers a receiver's audio slots carry at most.
     pub loudest_n: usize,
+    /// Most tracks one receiver may subscribe to at once (audio slots not counted): what a
+    /// receiver is sent stays bounded whatever the room's size; clients show last-N.
+    pub max_subscriptions: usize,
 }
 
 impl Default for SfuConfig {
@@ -60,6 +66,7 @@ impl Default for SfuConfig {
             reflexive_candidates: Vec::new(),
             tcp_candidates: Vec::new(),
             loudest_n: 3,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
         }
     }
 }
@@ -78,6 +85,8 @@ pub enum SfuError {
     UnknownTrack(TrackId),
     #[error("invalid ICE candidate: {0}")]
     InvalidCandidate(String),
+    #[error("at most {max} subscriptions per participant; show fewer (last-N)")]
+    TooManySubscriptions { max: usize },
 }
 
 /// A track the publisher declared for one of its m-lines.
@@ -344,6 +353,11 @@ impl Sfu {
             .peers
             .get(&participant)
             .ok_or(SfuError::UnknownParticipant)?;
+        if subscriptions.len() > self.config.max_subscriptions {
+            return Err(SfuError::TooManySubscriptions {
+                max: self.config.max_subscriptions,
+            });
+        }
         let mut wanted: HashMap<Mid, &SubscribeRequest> = HashMap::new();
         for sub in subscriptions {
             let mid = Mid::from(sub.mid.as_str());
@@ -695,6 +709,7 @@ impl Sfu {
                 // A stale entry: the peer was driven since and has a newer timer.
                 continue;
             }
+            self.metrics.peer_timeouts.inc();
             if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
                 debug!(participant = %participant, "timeout input failed: {e}");
             }

@@ -3,6 +3,7 @@
 //! signalling service.
 
 mod tcp;
+mod udp;
 
 use std::future::poll_fn;
 use std::io;
@@ -201,6 +202,8 @@ pub fn spawn_shard(
     let (events_tx, events) = mpsc::unbounded_channel();
     for socket in &sockets.udp {
         socket.set_nonblocking(true)?;
+        let (receive, send) = udp::enlarge_buffers(socket);
+        debug!(receive, send, "media socket buffers");
     }
     for listener in &sockets.tcp {
         listener.set_nonblocking(true)?;
@@ -260,12 +263,22 @@ async fn run(
 ) {
     let locals: Vec<SocketAddr> = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
     let loop_seconds = metrics.loop_seconds.clone();
+    let send_dropped = metrics.send_dropped.clone();
+    let mut batch = udp::SendBatch::new(sockets.len());
     let mut sfu = Sfu::new(config, metrics, Instant::now());
     let mut buf = vec![0u8; 2048];
     let mut tcp_connections = tcp::TcpConnections::default();
     loop {
         let started = Instant::now();
-        let timeout = drain(&mut sfu, &sockets, &locals, &tcp_connections, &events);
+        let timeout = drain(
+            &mut sfu,
+            &sockets,
+            &locals,
+            &mut batch,
+            &tcp_connections,
+            &events,
+        );
+        send_dropped.inc_by(batch.take_dropped());
         loop_seconds.observe(started.elapsed().as_secs_f64());
         let wake_at = tokio::time::Instant::from_std(timeout.max(Instant::now()));
         tokio::select! {
@@ -332,6 +345,7 @@ fn drain(
     sfu: &mut Sfu,
     sockets: &[UdpSocket],
     locals: &[SocketAddr],
+    batch: &mut udp::SendBatch,
     tcp_connections: &tcp::TcpConnections,
     events: &mpsc::UnboundedSender<SfuEvent>,
 ) -> Instant {
@@ -342,17 +356,15 @@ fn drain(
             }
             SfuOutput::Transmit(t) => {
                 let index = locals.iter().position(|l| *l == t.source).unwrap_or(0);
-                if let Some(socket) = sockets.get(index)
-                    && let Err(e) = socket.try_send_to(&t.contents, t.destination)
-                {
-                    // A full send buffer drops the datagram, as the network would.
-                    debug!("udp send: {e}");
-                }
+                batch.push(sockets, index, t.destination, t.contents);
             }
             SfuOutput::Event(event) => {
                 let _ = events.send(event);
             }
-            SfuOutput::Timeout(at) => return at,
+            SfuOutput::Timeout(at) => {
+                batch.flush(sockets);
+                return at;
+            }
         }
     }
 }

@@ -65,6 +65,7 @@ impl TestServer {
             quick_start: true,
             resume_grace,
             loudest_n: 3,
+            max_subscriptions: ting_sfu::DEFAULT_MAX_SUBSCRIPTIONS,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let running = ting::server::start(config, async move {
