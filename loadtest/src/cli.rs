@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args as ClapArgs, Subcommand};
 
-use crate::runner::{self, RunConfig};
+use crate::runner::{self, RunConfig, Target};
 use crate::scenario::Scenario;
 use crate::tokens::resolve_secret;
 
@@ -35,9 +35,13 @@ pub struct RunArgs {
     /// Scenario file (TOML), e.g. loadtest/scenarios/smoke-10.toml.
     #[arg(long)]
     pub scenario: PathBuf,
-    /// The server, http://HOST:PORT.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub server: String,
+    /// The server under test: Ting, or Janus' VideoRoom for comparison.
+    #[arg(long, value_enum, default_value_t = Target::Ting)]
+    pub target: Target,
+    /// The server: http://HOST:PORT for Ting, ws://HOST:PORT for Janus (default
+    /// http://127.0.0.1:8080, or ws://127.0.0.1:8188 with --target janus).
+    #[arg(long)]
+    pub server: Option<String>,
     /// The server's token secret. Default: read DATA_DIR/token-secret, as `ting token` does.
     #[arg(long, env = "TING_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
@@ -108,22 +112,37 @@ pub fn load_scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
 
 fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     let scenario = load_scenario(&args)?;
-    let secret = resolve_secret(args.token_secret.as_deref(), &args.data_dir)?;
+    let (secret, server) = match args.target {
+        Target::Ting => (
+            resolve_secret(args.token_secret.as_deref(), &args.data_dir)?,
+            args.server
+                .clone()
+                .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned()),
+        ),
+        Target::Janus => (
+            Vec::new(),
+            args.server
+                .clone()
+                .unwrap_or_else(|| "ws://127.0.0.1:8188".to_owned()),
+        ),
+    };
     let config = RunConfig {
+        target: args.target,
         workers: args.workers,
         local_ip: args.local_ip,
         progress: !args.quiet,
         join_timeout: Duration::from_secs(args.join_timeout),
         server_pid: args.server_pid,
-        ..RunConfig::new(scenario.clone(), args.server.clone(), secret)
+        ..RunConfig::new(scenario.clone(), server, secret)
     };
     eprintln!(
-        "ting-loadtest: {} — {} participants, ramp {:.1} s, hold {:.0} s, {} worker(s), server {}",
+        "ting-loadtest: {} — {} participants, ramp {:.1} s, hold {:.0} s, {} worker(s), {} server {}",
         scenario.name,
         scenario.participant_count(),
         scenario.ramp_duration().as_secs_f64(),
         scenario.duration_secs,
         config.workers,
+        config.target.name(),
         config.server
     );
     let report = runner::run(&config)?;

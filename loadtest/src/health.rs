@@ -179,6 +179,18 @@ pub fn pid_cpu(pid: u32) -> Option<Duration> {
     parse_cpu(&stat)
 }
 
+/// Resident memory (VmRSS) of a process in KiB, from `/proc/PID/status`.
+pub fn pid_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_rss_kib(&status)
+}
+
+fn parse_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    // "VmRSS:	   12345 kB"
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn parse_cpu(stat: &str) -> Option<Duration> {
     // Fields after the command name (which may contain spaces) start at field 3.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -240,6 +252,14 @@ pub fn open_file_limit() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rss_is_read_from_status() {
+        let status = "Name:\tjanus\nVmPeak:\t  900 kB\nVmRSS:\t   12345 kB\nThreads:\t4\n";
+        assert_eq!(parse_rss_kib(status), Some(12345));
+        assert_eq!(parse_rss_kib("Name:\tx\n"), None);
+        assert!(pid_rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+    }
 
     #[test]
     fn proc_files_parse() {

@@ -17,10 +17,12 @@
 //! - [`progress`]: live counters;
 //! - [`runner`]: workers, timeline and the report;
 //! - [`report`]: JSON report and summary;
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line;
+//! - [`janus`]: the same participants against Janus' VideoRoom, for comparison.
 
 pub mod cli;
 pub mod health;
+pub mod janus;
 pub mod media;
 pub mod participant;
 pub mod peer;
@@ -34,5 +36,5 @@ pub mod stats;
 pub mod tokens;
 
 pub use report::Report;
-pub use runner::{RunConfig, run};
+pub use runner::{RunConfig, Target, run};
 pub use scenario::Scenario;

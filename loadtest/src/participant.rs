@@ -128,14 +128,14 @@ pub async fn run(plan: ParticipantPlan, token: String, shared: Arc<Shared>) -> O
     outcome
 }
 
-fn fail(mut outcome: Outcome, shared: &Shared, error: String) -> Outcome {
+pub(crate) fn fail(mut outcome: Outcome, shared: &Shared, error: String) -> Outcome {
     outcome.result.error = Some(error);
     Progress::inc(&shared.progress.failed);
     Progress::inc(&shared.progress.finished);
     outcome
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
@@ -650,40 +650,8 @@ impl Session {
                 .filter(|(_, (_, video))| *video)
                 .map(|(sender, _)| *sender),
         );
-        let mut senders: Vec<u64> = subscribed.keys().copied().collect();
-        senders.extend(self.stats.sources.keys().copied());
-        senders.sort_unstable();
-        senders.dedup();
-        let since = |sender: u64, kind: TrackKind, first: Option<u64>| {
-            let at = *self.subscribed_at.get(&(sender, kind))?;
-            Some(first?.saturating_sub(at) as f64 / 1000.0)
-        };
         let r = &mut outcome.result;
-        r.sources = senders
-            .into_iter()
-            .map(|sender| {
-                let (sub_audio, sub_video) = subscribed.get(&sender).copied().unwrap_or_default();
-                let s = self.stats.sources.get(&sender).cloned().unwrap_or_default();
-                SourceResult {
-                    sender,
-                    subscribed_audio: sub_audio,
-                    subscribed_video: sub_video,
-                    audio_frames: s.audio_frames,
-                    audio_expected: s.audio.expected(),
-                    audio_lost: s.audio.lost(),
-                    video_frames: s.video_frames,
-                    video_expected: s.video.expected(),
-                    video_lost: s.video.lost(),
-                    keyframes: s.keyframes,
-                    layers: s.layers,
-                    freezes: s.freeze.count,
-                    frozen_ms: s.freeze.frozen_us as f64 / 1000.0,
-                    longest_freeze_ms: s.freeze.longest_us as f64 / 1000.0,
-                    first_audio_ms: since(sender, TrackKind::Audio, s.first_audio_us),
-                    first_video_ms: since(sender, TrackKind::Video, s.first_video_us),
-                }
-            })
-            .collect();
+        r.sources = source_results(&self.stats, &subscribed, &self.subscribed_at);
         r.connect_ms = self.connected_at.map(|c| ms(c.duration_since(self.t0)));
         r.first_media_ms = self
             .stats
@@ -694,12 +662,7 @@ impl Session {
             .connected_at
             .map(|c| self.shared.clock.us(c))
             .unwrap_or(end_us);
-        let secs = end_us.saturating_sub(measured_from) as f64 / 1e6;
-        r.recv_kbps = if secs > 0.5 {
-            (c.rx_bytes as f64 * 8.0 / secs / 1000.0).round()
-        } else {
-            0.0
-        };
+        r.recv_kbps = recv_kbps(c.rx_bytes, measured_from, end_us);
         r.rx_packets = c.rx_packets;
         r.tx_packets = c.tx_packets;
         r.tx_dropped = c.tx_dropped;
@@ -717,5 +680,58 @@ impl Session {
         outcome.audio_latency = std::mem::take(&mut self.stats.audio_latency);
         outcome.video_latency = std::mem::take(&mut self.stats.video_latency);
         outcome.ws_rtt = std::mem::take(&mut self.ws_rtt);
+    }
+}
+
+/// What one receiver got from each sender: the senders subscribed at the end (`subscribed`:
+/// audio, video) and every sender that delivered something. Shared by the Ting and Janus
+/// participants so that both report the same figures.
+pub(crate) fn source_results(
+    stats: &ReceiverStats,
+    subscribed: &HashMap<u64, (bool, bool)>,
+    subscribed_at: &HashMap<(u64, TrackKind), u64>,
+) -> Vec<SourceResult> {
+    let mut senders: Vec<u64> = subscribed.keys().copied().collect();
+    senders.extend(stats.sources.keys().copied());
+    senders.sort_unstable();
+    senders.dedup();
+    let since = |sender: u64, kind: TrackKind, first: Option<u64>| {
+        let at = *subscribed_at.get(&(sender, kind))?;
+        Some(first?.saturating_sub(at) as f64 / 1000.0)
+    };
+    senders
+        .into_iter()
+        .map(|sender| {
+            let (sub_audio, sub_video) = subscribed.get(&sender).copied().unwrap_or_default();
+            let s = stats.sources.get(&sender).cloned().unwrap_or_default();
+            SourceResult {
+                sender,
+                subscribed_audio: sub_audio,
+                subscribed_video: sub_video,
+                audio_frames: s.audio_frames,
+                audio_expected: s.audio.expected(),
+                audio_lost: s.audio.lost(),
+                video_frames: s.video_frames,
+                video_expected: s.video.expected(),
+                video_lost: s.video.lost(),
+                keyframes: s.keyframes,
+                layers: s.layers,
+                freezes: s.freeze.count,
+                frozen_ms: s.freeze.frozen_us as f64 / 1000.0,
+                longest_freeze_ms: s.freeze.longest_us as f64 / 1000.0,
+                first_audio_ms: since(sender, TrackKind::Audio, s.first_audio_us),
+                first_video_ms: since(sender, TrackKind::Video, s.first_video_us),
+            }
+        })
+        .collect()
+}
+
+/// Received bitrate on the wire from `from_us` (connected) to `end_us`; 0 for short spans.
+pub(crate) fn recv_kbps(rx_bytes: u64, from_us: u64, end_us: u64) -> f64 {
+    let secs = end_us.saturating_sub(from_us) as f64 / 1e6;
+    if secs > 0.5 {
+        (rx_bytes as f64 * 8.0 / secs / 1000.0).round()
+    } else {
+        0.0
     }
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{
     Direction, Frequency, MediaKind, MediaTime, Mid, Pt, Rid, Simulcast, SimulcastLayer,
@@ -189,6 +189,19 @@ impl MediaPeer {
             .accept_answer(pending, answer)
             .context("applying the SDP answer")?;
         Ok(mids)
+    }
+
+    /// Answers an offer from the server (Janus offers the subscriber side), keeping only its UDP
+    /// candidates on `server_ip` as [`MediaPeer::accept_answer`] does; returns the SDP answer.
+    pub fn accept_offer(&mut self, sdp: &str, server_ip: Option<IpAddr>) -> anyhow::Result<String> {
+        let sdp = filter_candidates(sdp, server_ip, self.local.ip())?;
+        let offer = SdpOffer::from_sdp_string(&sdp).context("parsing the SDP offer")?;
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .context("answering the SDP offer")?;
+        Ok(answer.to_sdp_string())
     }
 
     /// The offer in flight was refused: forget it (its m-lines stay unnegotiated).

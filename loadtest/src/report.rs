@@ -144,6 +144,63 @@ pub struct TesterHealth {
     pub reasons: Vec<String>,
 }
 
+/// What the server under test (`--server-pid`, same machine) cost while everybody was in: the
+/// figures that compare servers. Packets are those the tester received, i.e. what the server
+/// forwarded to it (media, RTCP, STUN), counted the same way for every target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerUsage {
+    /// From the end of the ramp to the leave.
+    pub hold_secs: f64,
+    /// Server CPU time (user + system) during the hold; 10 ms resolution.
+    pub cpu_secs: Option<f64>,
+    /// Datagrams the tester received during the hold.
+    pub rx_packets: u64,
+    /// Server CPU-seconds per million packets the tester received during the hold.
+    pub cpu_secs_per_million_packets: Option<f64>,
+    /// Server resident memory (VmRSS) before the run and at the end of the hold, KiB.
+    pub rss_before_kib: Option<u64>,
+    pub rss_kib: Option<u64>,
+    pub participants: usize,
+    /// RSS at the end of the hold / participants, KiB.
+    pub rss_per_participant_kib: Option<f64>,
+    /// (RSS at the end of the hold − RSS before the run) / participants, KiB.
+    pub rss_added_per_participant_kib: Option<f64>,
+}
+
+impl ServerUsage {
+    pub fn measure(
+        hold: std::time::Duration,
+        rx_packets: u64,
+        cpu: Option<std::time::Duration>,
+        rss_before_kib: Option<u64>,
+        rss_kib: Option<u64>,
+        participants: usize,
+    ) -> Self {
+        let round = |x: f64, places: i32| {
+            let f = 10f64.powi(places);
+            (x * f).round() / f
+        };
+        let cpu_secs = cpu.map(|c| c.as_secs_f64());
+        let per_participant =
+            |kib: u64| (participants > 0).then(|| round(kib as f64 / participants as f64, 1));
+        Self {
+            hold_secs: round(hold.as_secs_f64(), 2),
+            cpu_secs: cpu_secs.map(|c| round(c, 2)),
+            rx_packets,
+            cpu_secs_per_million_packets: cpu_secs
+                .filter(|_| rx_packets > 0)
+                .map(|c| round(c / rx_packets as f64 * 1e6, 3)),
+            rss_before_kib,
+            rss_kib,
+            participants,
+            rss_per_participant_kib: rss_kib.and_then(per_participant),
+            rss_added_per_participant_kib: rss_kib
+                .zip(rss_before_kib)
+                .and_then(|(after, before)| per_participant(after.saturating_sub(before))),
+        }
+    }
+}
+
 /// A subscribed stream that delivered nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MissingStream {
@@ -178,6 +235,9 @@ pub struct Freezes {
 pub struct Report {
     pub scenario: String,
     pub description: String,
+    /// The server under test: `ting` or `janus`.
+    #[serde(default)]
+    pub target: String,
     pub server: String,
     pub started_unix: u64,
     pub ramp_secs: f64,
@@ -216,12 +276,17 @@ pub struct Report {
     /// Failures by message.
     pub errors: BTreeMap<String, u64>,
     pub tester: TesterHealth,
+    /// The server's CPU per packet and memory per participant (with `--server-pid`).
+    #[serde(default)]
+    pub server_usage: Option<ServerUsage>,
     pub participants: Vec<ParticipantResult>,
 }
 
 /// What the runner knows besides the outcomes.
 #[derive(Debug, Clone, Default)]
 pub struct RunInfo {
+    pub target: String,
+    pub server_usage: Option<ServerUsage>,
     pub scenario: String,
     pub description: String,
     pub server: String,
@@ -335,6 +400,8 @@ impl Report {
         Report {
             scenario: info.scenario,
             description: info.description,
+            target: info.target,
+            server_usage: info.server_usage,
             server: info.server,
             started_unix: info.started_unix,
             ramp_secs: info.ramp_secs,
@@ -397,8 +464,14 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "Ting load test: {} against {}",
-            self.scenario, self.server
+            "Ting load test: {} against {} {}",
+            self.scenario,
+            if self.target.is_empty() {
+                "ting"
+            } else {
+                &self.target
+            },
+            self.server
         );
         if !self.description.is_empty() {
             let _ = writeln!(s, "  {}", self.description);
@@ -553,6 +626,36 @@ impl Report {
         if let Some(cpu) = t.server_cpu_percent {
             row(&mut s, "server", format!("cpu {cpu:.0} % (of one core)"));
         }
+        if let Some(u) = &self.server_usage {
+            let or_q = |x: Option<f64>, places: usize| {
+                x.map_or_else(|| "?".to_owned(), |v| format!("{v:.places$}"))
+            };
+            row(
+                &mut s,
+                "server per packet",
+                format!(
+                    "{} cpu-s per million packets received by the tester during the hold \
+                     ({} cpu-s, {} packets, {:.0} s)",
+                    or_q(u.cpu_secs_per_million_packets, 3),
+                    or_q(u.cpu_secs, 2),
+                    u.rx_packets,
+                    u.hold_secs
+                ),
+            );
+            row(
+                &mut s,
+                "server memory",
+                format!(
+                    "RSS {} MiB at the end of the hold ({} MiB before the run): {} KiB per \
+                     participant, {} KiB added per participant ({} participants)",
+                    or_q(u.rss_kib.map(|k| k as f64 / 1024.0), 1),
+                    or_q(u.rss_before_kib.map(|k| k as f64 / 1024.0), 1),
+                    or_q(u.rss_per_participant_kib, 0),
+                    or_q(u.rss_added_per_participant_kib, 0),
+                    u.participants
+                ),
+            );
+        }
         if let (Some(busy), Some(cores)) = (t.machine_cpu_percent, t.machine_cores) {
             row(
                 &mut s,
@@ -658,7 +761,23 @@ mod tests {
             reasons: vec!["loop lag p99 80 ms > 50 ms".into()],
             ..Default::default()
         };
-        let report = Report::build(RunInfo::default(), outcomes, tester);
+        let info = RunInfo {
+            target: "janus".into(),
+            server_usage: Some(ServerUsage::measure(
+                std::time::Duration::from_secs(30),
+                2_000_000,
+                Some(std::time::Duration::from_millis(15_000)),
+                Some(10_240),
+                Some(30_720),
+                200,
+            )),
+            ..RunInfo::default()
+        };
+        let report = Report::build(info, outcomes, tester);
+        let usage = report.server_usage.clone().unwrap();
+        assert_eq!(usage.cpu_secs_per_million_packets, Some(7.5));
+        assert_eq!(usage.rss_per_participant_kib, Some(153.6));
+        assert_eq!(usage.rss_added_per_participant_kib, Some(102.4));
         assert_eq!((report.planned, report.joined, report.failed), (3, 2, 1));
         assert_eq!(report.loss.audio_percent, 1.0);
         assert_eq!(report.freezes.count, 1);
@@ -676,6 +795,12 @@ mod tests {
         let summary = report.summary();
         assert!(summary.contains("3 planned, 2 joined"), "{summary}");
         assert!(summary.contains("not trusted"), "{summary}");
+        assert!(summary.contains("against janus"), "{summary}");
+        assert!(
+            summary.contains("7.500 cpu-s per million packets"),
+            "{summary}"
+        );
+        assert!(summary.contains("154 KiB per participant"), "{summary}");
         let json = serde_json::to_string(&report).unwrap();
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report);

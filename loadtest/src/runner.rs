@@ -13,10 +13,11 @@ use crate::health::{
     self, MAX_BUSY_PERCENT, MAX_CPU_WAIT_PERCENT, MAX_LAG_P99_MS, MAX_SATURATED_SHARE,
     SATURATED_PERCENT, UdpSockets, WorkerHealth,
 };
+use crate::janus;
 use crate::media::RunClock;
 use crate::participant::{self, Outcome, Shared};
 use crate::progress::{Progress, Snapshot};
-use crate::report::{ParticipantResult, Report, RunInfo, TesterHealth};
+use crate::report::{ParticipantResult, Report, RunInfo, ServerUsage, TesterHealth};
 use crate::scenario::{ParticipantPlan, Scenario};
 use crate::signal::ServerUrl;
 use crate::stats::{Histogram, Percentiles};
@@ -24,21 +25,42 @@ use crate::tokens::TokenMinter;
 
 /// Most worker threads.
 pub const MAX_WORKERS: usize = 64;
-/// File descriptors each participant needs (WebSocket, UDP socket) plus a reserve.
-const FDS_PER_PARTICIPANT: u64 = 2;
+/// File descriptors each participant needs (WebSocket, UDP socket; against Janus a second UDP
+/// socket for the subscriber connection) plus a reserve.
+const FDS_PER_PARTICIPANT: u64 = 3;
 const FD_RESERVE: u64 = 64;
 /// Time for setting up before the first join.
 const STARTUP: Duration = Duration::from_millis(200);
 /// After the leave time, participants get this long to say goodbye before they are cut off.
 const LEAVE_GRACE: Duration = Duration::from_secs(10);
 
+/// The server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Target {
+    /// Ting: join tokens and Ting's signalling (`--server http://HOST:PORT`).
+    #[default]
+    Ting,
+    /// Janus' VideoRoom plugin over its WebSocket API (`--server ws://HOST:PORT`).
+    Janus,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Ting => "ting",
+            Target::Janus => "janus",
+        }
+    }
+}
+
 /// How to run a scenario.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub scenario: Scenario,
-    /// `http://host:port` of the Ting server.
+    pub target: Target,
+    /// `http://host:port` of the Ting server, or `ws://host:port` of Janus.
     pub server: String,
-    /// The server's token secret.
+    /// The server's token secret (Ting only).
     pub secret: Vec<u8>,
     /// Worker threads.
     pub workers: usize,
@@ -56,6 +78,7 @@ impl RunConfig {
     pub fn new(scenario: Scenario, server: impl Into<String>, secret: Vec<u8>) -> Self {
         Self {
             scenario,
+            target: Target::Ting,
             server: server.into(),
             secret,
             workers: 1,
@@ -77,7 +100,10 @@ struct WorkerResult {
 /// the report.
 pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
     let scenario = &config.scenario;
-    let server = ServerUrl::parse(&config.server)?;
+    let server = match config.target {
+        Target::Ting => ServerUrl::parse(&config.server)?,
+        Target::Janus => janus::server_url(&config.server)?,
+    };
     ensure!(
         (1..=MAX_WORKERS).contains(&config.workers),
         "workers must be 1..={MAX_WORKERS}"
@@ -87,12 +113,18 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
 
     let ramp = scenario.ramp_duration();
     let hold = Duration::from_secs_f64(scenario.duration_secs);
-    let ttl = ramp + hold + Duration::from_secs(3600);
-    let minter = TokenMinter::new(&config.secret, ttl)?;
-    let tokens = plans
-        .iter()
-        .map(|p| minter.mint(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tokens = match config.target {
+        Target::Ting => {
+            let ttl = ramp + hold + Duration::from_secs(3600);
+            let minter = TokenMinter::new(&config.secret, ttl)?;
+            plans
+                .iter()
+                .map(|p| minter.mint(p))
+                .collect::<anyhow::Result<Vec<_>>>()?
+        }
+        // Janus rooms are open: no tokens.
+        Target::Janus => vec![String::new(); plans.len()],
+    };
 
     let base = Instant::now() + STARTUP;
     let leave_at = base + ramp + hold;
@@ -112,6 +144,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
 
     let cpu_before = health::process_cpu();
     let server_cpu_before = config.server_pid.and_then(health::pid_cpu);
+    let server_rss_before = config.server_pid.and_then(health::pid_rss_kib);
     let udp_before = health::udp_receive_buffer_errors();
     let machine_before = health::machine_cpu();
     let started_unix = SystemTime::now()
@@ -128,9 +161,10 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
     let mut threads = Vec::new();
     for (w, share) in shares.into_iter().enumerate() {
         let shared = shared.clone();
+        let target = config.target;
         let thread = std::thread::Builder::new()
             .name(format!("loadtest-{w}"))
-            .spawn(move || worker(share, shared))
+            .spawn(move || worker(share, shared, target))
             .context("starting a worker thread")?;
         threads.push(thread);
     }
@@ -145,14 +179,20 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
     let hold_start = base + ramp;
     let mut hold_begin: Option<(Instant, Snapshot)> = None;
     let mut hold_end: Option<(Instant, Snapshot)> = None;
+    // The server's CPU time at both ends of the hold, and its memory at the end.
+    let server_cpu_at = || config.server_pid.and_then(health::pid_cpu);
+    let mut server_hold: (Option<Duration>, Option<Duration>, Option<u64>) = (None, None, None);
     while !threads.iter().all(|t| t.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
         let now = Instant::now();
         if hold_begin.is_none() && now >= hold_start {
             hold_begin = Some((now, progress.peek()));
+            server_hold.0 = server_cpu_at();
         }
         if hold_end.is_none() && now >= leave_at {
             hold_end = Some((now, progress.peek()));
+            server_hold.1 = server_cpu_at();
+            server_hold.2 = config.server_pid.and_then(health::pid_rss_kib);
         }
         if last.elapsed() >= Duration::from_secs(1) {
             if Instant::now() < leave_at {
@@ -221,6 +261,22 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
     );
     tester.max_queued_bytes = own_udp.map(|_| max_queued);
     tester.server_cpu_percent = server_cpu_percent;
+    let mut server_usage = None;
+    if let (Some((t0, a)), Some((t1, b))) = (hold_begin, hold_end)
+        && config.server_pid.is_some()
+    {
+        server_usage = Some(ServerUsage::measure(
+            t1.duration_since(t0),
+            b.rx_packets.saturating_sub(a.rx_packets),
+            server_hold
+                .0
+                .zip(server_hold.1)
+                .map(|(x, y)| y.saturating_sub(x)),
+            server_rss_before,
+            server_hold.2,
+            planned,
+        ));
+    }
     if let (Some((t0, a)), Some((t1, b))) = (hold_begin, hold_end) {
         let secs = t1.duration_since(t0).as_secs_f64();
         if secs > 0.5 {
@@ -240,6 +296,8 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
         tester.machine_cores = Some(cores);
     }
     let info = RunInfo {
+        target: config.target.name().to_owned(),
+        server_usage,
         scenario: scenario.name.clone(),
         description: scenario.description.clone(),
         server: server.http.clone(),
@@ -259,6 +317,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
 fn worker(
     share: Vec<(ParticipantPlan, String)>,
     shared: Arc<Shared>,
+    target: Target,
 ) -> anyhow::Result<WorkerResult> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -274,7 +333,10 @@ fn worker(
         for (plan, token) in share {
             let index = plan.index;
             let planned = ParticipantResult::planned(&plan);
-            let task = tokio::spawn(participant::run(plan, token, shared.clone()));
+            let task = match target {
+                Target::Ting => tokio::spawn(participant::run(plan, token, shared.clone())),
+                Target::Janus => tokio::spawn(janus::participant::run(plan, shared.clone())),
+            };
             tasks.push((index, planned, task));
         }
         let mut outcomes = Vec::with_capacity(tasks.len());
