@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args as ClapArgs, Subcommand};
 
+use crate::floor;
 use crate::runner::{self, RunConfig, Target};
 use crate::scenario::Scenario;
 use crate::tokens::resolve_secret;
@@ -22,12 +23,37 @@ pub struct Args {
 pub enum Command {
     /// Run a scenario against a server.
     Run(RunArgs),
+    /// Measure the forwarding floor: the CPU cost of merely sending datagrams with `sendmmsg`
+    /// to many loopback sockets (run it pinned, e.g. `taskset -c 0`).
+    Floor(FloorArgs),
     /// Check scenario files and show what they would do, without connecting.
     Check {
         /// Scenario files (TOML).
         #[arg(required = true)]
         scenarios: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct FloorArgs {
+    /// Datagrams to send.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub datagrams: u64,
+    /// Bytes per datagram (a full video packet is about 1200).
+    #[arg(long, default_value_t = 1200)]
+    pub size: usize,
+    /// Receiving sockets (distinct destinations, like subscribers).
+    #[arg(long, default_value_t = 200)]
+    pub destinations: usize,
+    /// Pin the draining thread to this core (the sender stays where the process runs).
+    #[arg(long)]
+    pub receiver_core: Option<usize>,
+    /// Stop sending after this many seconds even if not all datagrams went out.
+    #[arg(long, default_value_t = 120)]
+    pub time_limit: u64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -88,6 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .try_init();
     match args.command {
         Command::Run(run) => run_scenario(run),
+        Command::Floor(floor) => run_floor(&floor),
         Command::Check { scenarios } => check(&scenarios),
     }
 }
@@ -149,6 +176,22 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.report {
         report.write_json(path)?;
         eprintln!("ting-loadtest: report written to {}", path.display());
+    }
+    print!("{}", report.summary());
+    Ok(())
+}
+
+fn run_floor(args: &FloorArgs) -> anyhow::Result<()> {
+    let report = floor::measure(&floor::FloorConfig {
+        datagrams: args.datagrams,
+        size: args.size,
+        destinations: args.destinations,
+        receiver_core: args.receiver_core,
+        time_limit: Duration::from_secs(args.time_limit),
+    })?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
     print!("{}", report.summary());
     Ok(())

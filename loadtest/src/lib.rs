@@ -18,9 +18,11 @@
 //! - [`runner`]: workers, timeline and the report;
 //! - [`report`]: JSON report and summary;
 //! - [`cli`]: the command line;
-//! - [`janus`]: the same participants against Janus' VideoRoom, for comparison.
+//! - [`janus`]: the same participants against Janus' VideoRoom, for comparison;
+//! - [`floor`]: the CPU cost of merely sending datagrams (`sendmmsg`), the forwarding floor.
 
 pub mod cli;
+pub mod floor;
 pub mod health;
 pub mod janus;
 pub mod media;

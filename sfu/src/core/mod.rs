@@ -35,6 +35,10 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
 /// Default cap on one receiver's subscriptions: a 25-tile gallery, screen shares and a few
 /// directly subscribed microphones.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 32;
+/// Video packets kept per receiving m-line for retransmissions: about 1.5 s of the top layer,
+/// plenty for NACKs at any sane round-trip time. str0m's default (1000) holds over a megabyte
+/// per stream once full, which is most of a receiver's memory in a large meeting.
+const SEND_BUFFER_VIDEO_PACKETS: usize = 300;
 /// At most one keyframe request per layer of a track in this interval.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// Bandwidth assumed for a receiver before its first estimate.
@@ -206,6 +210,7 @@ impl Sfu {
             .set_local_ice_credentials(creds.clone())
             .enable_bwe(Some(INITIAL_BANDWIDTH))
             .set_stats_interval(Some(Duration::from_secs(2)))
+            .set_send_buffer_video(SEND_BUFFER_VIDEO_PACKETS)
             .build(now);
         let hosts = self
             .config
@@ -983,6 +988,16 @@ impl Sfu {
             slot.timestamps.source_changed();
         }
         let time = slot.timestamps.rewrite(data.time, data.network_time);
+        if !slot.unpaced {
+            // Forwarded video was paced by the publisher's browser already. Pacing it again
+            // costs a timer per packet per receiver (most of the CPU of a large meeting) and
+            // adds delay; the bandwidth estimate still works from TWCC feedback, and probing
+            // still goes through the pacer.
+            slot.unpaced = true;
+            if let Some(stream) = peer.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                stream.set_unpaced(true);
+            }
+        }
         let Some(writer) = peer.rtc.writer(mid) else {
             return;
         };

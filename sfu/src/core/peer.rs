@@ -46,6 +46,8 @@ pub struct Slot {
     /// A higher layer the selector has asked for since the given time.
     upgrade: Option<(LayerKey, Instant)>,
     pub timestamps: TimestampRewriter,
+    /// Whether the m-line's send stream was switched to unpaced (see `Sfu::forward`).
+    pub unpaced: bool,
 }
 
 /// How long the selector must keep asking for a higher layer before the slot switches up.
@@ -58,6 +60,7 @@ impl Slot {
             track,
             max_height,
             current: None,
+            unpaced: false,
             target: None,
             upgrade: None,
             timestamps,

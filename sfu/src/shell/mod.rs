@@ -3,7 +3,7 @@
 //! signalling service.
 
 mod tcp;
-mod udp;
+pub mod udp;
 
 use std::future::poll_fn;
 use std::io;
