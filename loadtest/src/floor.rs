@@ -120,7 +120,7 @@ pub fn measure(config: &FloorConfig) -> anyhow::Result<FloorReport> {
         let destination = addresses[(sent % addresses.len() as u64) as usize];
         batch.push(&sockets, 0, destination, payload.clone().into());
         sent += 1;
-        if sent % 65_536 == 0 && Instant::now() >= deadline {
+        if sent.is_multiple_of(65_536) && Instant::now() >= deadline {
             break;
         }
     }
