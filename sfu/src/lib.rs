@@ -23,4 +23,6 @@ pub use crate::core::{
 };
 pub use demux::{Demux, Route};
 pub use metrics::SfuMetrics;
-pub use shell::{SfuHandle, Shard, ShardError, ShardSockets, spawn_shard};
+pub use shell::{
+    SfuHandle, Shard, ShardError, ShardRouter, ShardSockets, shard_of_room, spawn_shard,
+};

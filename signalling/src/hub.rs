@@ -12,7 +12,7 @@ use ting_protocol::{
     ErrorCode, LeaveReason, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PublishedTrack,
     RoomId, ServerMessage, Subscription, TrackId, TrackInfo, TrackKind, TrackSource,
 };
-use ting_sfu::{PublishRequest, SfuError, SfuEvent, SfuHandle, ShardError, SubscribeRequest};
+use ting_sfu::{PublishRequest, SfuError, SfuEvent, ShardError, ShardRouter, SubscribeRequest};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
@@ -86,7 +86,7 @@ pub struct Hub(Arc<Inner>);
 struct Inner {
     config: SignallingConfig,
     keys: TokenKeys,
-    sfu: SfuHandle,
+    sfu: ShardRouter,
     rooms: Mutex<Rooms>,
     registry: Registry,
     metrics: SignallingMetrics,
@@ -100,7 +100,7 @@ impl Hub {
     pub fn new(
         config: SignallingConfig,
         keys: TokenKeys,
-        sfu: SfuHandle,
+        sfu: ShardRouter,
         registry: Registry,
     ) -> prometheus::Result<Self> {
         let metrics = SignallingMetrics::new(&registry)?;
@@ -142,7 +142,7 @@ impl Hub {
         &self.0.sessions
     }
 
-    pub(crate) fn sfu(&self) -> &SfuHandle {
+    pub(crate) fn sfu(&self) -> &ShardRouter {
         &self.0.sfu
     }
 

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// Most tracks one participant may subscribe to at once (audio slots not counted).
     #[arg(long, env = "TING_MAX_SUBSCRIPTIONS")]
     pub max_subscriptions: Option<usize>,
+    /// Media shards (threads), each with its own UDP/ICE-TCP ports (the configured port plus
+    /// the shard's index); rooms are spread over them. Default: one per core.
+    #[arg(long, env = "TING_SHARDS")]
+    pub shards: Option<usize>,
 }
 
 /// The TOML file; every key is optional.
@@ -82,6 +86,7 @@ pub struct FileConfig {
     pub resume_grace_secs: Option<u64>,
     pub loudest_n: Option<usize>,
     pub max_subscriptions: Option<usize>,
+    pub shards: Option<usize>,
 }
 
 impl FileConfig {
@@ -110,6 +115,7 @@ pub struct ServeConfig {
     pub resume_grace: Duration,
     pub loudest_n: usize,
     pub max_subscriptions: usize,
+    pub shards: usize,
 }
 
 impl ServeConfig {
@@ -142,6 +148,11 @@ impl ServeConfig {
                 .or(file.max_subscriptions)
                 .unwrap_or(DEFAULT_MAX_SUBSCRIPTIONS)
                 .clamp(1, 256),
+            shards: args
+                .shards
+                .or(file.shards)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .clamp(1, 64),
             resume_grace: Duration::from_secs(
                 args.resume_grace_secs
                     .or(file.resume_grace_secs)

@@ -1,11 +1,11 @@
-//! `ting serve`: the SFU shard, the signalling service and the web client in one process.
+//! `ting serve`: the SFU shards, the signalling service and the web client in one process.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 
 use anyhow::Context;
 use prometheus::Registry;
-use ting_sfu::{SfuConfig, SfuMetrics, ShardSockets, spawn_shard};
+use ting_sfu::{SfuConfig, SfuMetrics, ShardRouter, ShardSockets, spawn_shard};
 use ting_signalling::{Hub, SignallingConfig, TokenKeys};
 use tokio::task::JoinHandle;
 
@@ -19,12 +19,23 @@ pub struct Running {
     pub task: JoinHandle<anyhow::Result<()>>,
 }
 
-/// Binds every socket and starts serving until `shutdown` completes.
-pub async fn start(
-    config: ServeConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<Running> {
-    let sockets = bind_media(config.bind, config.udp_port)?;
+/// One media shard's sockets and candidates.
+struct ShardPlan {
+    sockets: ShardSockets,
+    config: SfuConfig,
+}
+
+/// Binds shard `index`'s sockets: UDP on `udp_port + index`, ICE-TCP on `tcp_port + index`
+/// (port 0: any free port).
+fn plan_shard(config: &ServeConfig, index: u16) -> anyhow::Result<ShardPlan> {
+    let offset = |port: u16| {
+        if port == 0 {
+            0
+        } else {
+            port.saturating_add(index)
+        }
+    };
+    let sockets = bind_media(config.bind, offset(config.udp_port))?;
     let locals: Vec<SocketAddr> = sockets
         .iter()
         .map(UdpSocket::local_addr)
@@ -47,7 +58,8 @@ pub async fn start(
     // ICE-TCP on the same addresses, for networks that block UDP.
     let mut tcp_listeners = Vec::new();
     let mut tcp_candidates = Vec::new();
-    if let Some(mut port) = config.tcp_port {
+    if let Some(port) = config.tcp_port {
+        let mut port = offset(port);
         for local in &locals {
             let listener = TcpListener::bind((local.ip(), port))
                 .with_context(|| format!("binding ICE-TCP {}:{port}", local.ip()))?;
@@ -57,22 +69,58 @@ pub async fn start(
             tcp_listeners.push(listener);
         }
     }
-    let sfu_config = SfuConfig {
-        host_candidates: locals.clone(),
-        reflexive_candidates,
-        tcp_candidates: tcp_candidates.clone(),
-        loudest_n: config.loudest_n,
-        max_subscriptions: config.max_subscriptions,
-    };
-    let sockets = ShardSockets {
-        udp: sockets,
-        tcp: tcp_listeners,
-    };
+    Ok(ShardPlan {
+        sockets: ShardSockets {
+            udp: sockets,
+            tcp: tcp_listeners,
+        },
+        config: SfuConfig {
+            host_candidates: locals,
+            reflexive_candidates,
+            tcp_candidates,
+            loudest_n: config.loudest_n,
+            max_subscriptions: config.max_subscriptions,
+        },
+    })
+}
+
+/// Binds every socket and starts serving until `shutdown` completes.
+pub async fn start(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    let shard_count = u16::try_from(config.shards.max(1)).unwrap_or(u16::MAX);
+    let plans = (0..shard_count)
+        .map(|index| plan_shard(&config, index))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let media_addrs: Vec<SocketAddr> = plans
+        .iter()
+        .flat_map(|p| p.config.host_candidates.clone())
+        .collect();
+    let tcp_media_addrs: Vec<SocketAddr> = plans
+        .iter()
+        .flat_map(|p| p.config.tcp_candidates.clone())
+        .collect();
 
     let registry = Registry::new();
     let sfu_metrics = SfuMetrics::new(&registry)?;
-    let shard =
-        spawn_shard(sockets, sfu_config, sfu_metrics, 0).context("starting the media shard")?;
+    // All shards' events go to the one signalling service.
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let mut handles = Vec::new();
+    for (index, plan) in plans.into_iter().enumerate() {
+        let mut shard = spawn_shard(plan.sockets, plan.config, sfu_metrics.clone(), index)
+            .with_context(|| format!("starting media shard {index}"))?;
+        let events_tx = events_tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = shard.events.recv().await {
+                if events_tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        handles.push(shard.handle);
+    }
+    let router = ShardRouter::new(handles).context("no media shard")?;
     let signalling = SignallingConfig {
         quick_start: config.quick_start,
         resume_grace: config.resume_grace,
@@ -81,10 +129,10 @@ pub async fn start(
     let hub = Hub::new(
         signalling,
         TokenKeys::new(&config.token_secret)?,
-        shard.handle,
+        router,
         registry,
     )?;
-    tokio::spawn(ting_signalling::pump_sfu_events(hub.clone(), shard.events));
+    tokio::spawn(ting_signalling::pump_sfu_events(hub.clone(), events));
 
     let listener = tokio::net::TcpListener::bind((config.bind, config.http_port))
         .await
@@ -96,8 +144,8 @@ pub async fn start(
     });
     Ok(Running {
         http_addr,
-        media_addrs: locals,
-        tcp_media_addrs: tcp_candidates,
+        media_addrs,
+        tcp_media_addrs,
         task,
     })
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::peer::{MediaPeer, Sender, broadcast, post_sdp};
 use common::{Client, TestServer};
 use str0m::media::{Direction, MediaKind};
-use ting_protocol::{ClientMessage, LeaveReason, Role, ServerMessage};
+use ting_protocol::{ClientMessage, LeaveReason, Role, RoomId, ServerMessage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whep_player_receives_what_a_whip_publisher_sends() {
@@ -228,5 +228,45 @@ async fn a_whip_session_ends_when_its_participant_is_removed() {
         .unwrap()
         .status();
     assert_eq!(status, 404, "the session ended with its participant");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_on_different_shards_each_carry_their_media() {
+    let server = TestServer::start_with_shards(Duration::from_secs(5), 2).await;
+    // Two rooms that land on different shards.
+    let names: Vec<String> = (0..32).map(|i| format!("hall-{i}")).collect();
+    let shard = |n: &str| ting_sfu::shard_of_room(&RoomId::new(n).unwrap(), 2);
+    let first = names.iter().find(|n| shard(n) == 0).unwrap().clone();
+    let second = names.iter().find(|n| shard(n) == 1).unwrap().clone();
+    for (room, marker) in [(first, b'A'), (second, b'B')] {
+        let publisher_token = server.token(&room, "encoder", Role::Speaker);
+        let player_token = server.token(&room, "player", Role::Viewer);
+        let publisher = Sender {
+            peer: MediaPeer::udp(),
+            token: &publisher_token,
+            marker,
+        };
+        let player = (MediaPeer::udp(), player_token.as_str(), "");
+        let result = broadcast(
+            &server,
+            &room,
+            vec![publisher],
+            player,
+            Duration::from_secs(4),
+        )
+        .await;
+        let received = result.received;
+        assert!(received.video > 30, "{room}: the player sees: {received:?}");
+        assert!(
+            received.audio > 50,
+            "{room}: the player hears: {received:?}"
+        );
+        assert_eq!(
+            received.video_markers.iter().copied().collect::<Vec<_>>(),
+            vec![marker],
+            "{room}: only its own publisher"
+        );
+    }
     server.shutdown().await;
 }

@@ -166,6 +166,8 @@ pub struct Sfu {
     event_buffer: Vec<Event>,
     next_housekeeping: Instant,
     now: Instant,
+    /// Peers and tracks last added to the node-wide gauges, which all shards share.
+    reported: (i64, i64),
 }
 
 impl Sfu {
@@ -183,6 +185,7 @@ impl Sfu {
             event_buffer: Vec::new(),
             next_housekeeping: now,
             now,
+            reported: (0, 0),
         }
     }
 
@@ -261,7 +264,7 @@ impl Sfu {
             },
         );
         self.timers.push(Reverse((now, participant)));
-        self.metrics.peers.set(self.peers.len() as i64);
+        self.report_counts();
         Ok(())
     }
 
@@ -336,7 +339,7 @@ impl Sfu {
             }
             self.tracks.insert(id, track);
         }
-        self.metrics.tracks.set(self.tracks.len() as i64);
+        self.report_counts();
         self.mark_dirty(participant);
         Ok(OfferAnswer {
             sdp: answer.to_sdp_string(),
@@ -569,7 +572,7 @@ impl Sfu {
         for (mid, track) in std::mem::take(&mut peer.published) {
             self.unpublish(participant, mid, track);
         }
-        self.metrics.tracks.set(self.tracks.len() as i64);
+        self.report_counts();
     }
 
     /// Muted tracks are not forwarded; unmuting video waits for a fresh keyframe.
@@ -652,8 +655,7 @@ impl Sfu {
         for other in others {
             self.assign_audio_slots(other);
         }
-        self.metrics.peers.set(self.peers.len() as i64);
-        self.metrics.tracks.set(self.tracks.len() as i64);
+        self.report_counts();
     }
 
     /// A datagram arrived on the shard's socket.
@@ -750,6 +752,14 @@ impl Sfu {
         }
         let next = self.timers.peek().map(|Reverse((at, _))| *at);
         SfuOutput::Timeout(next.map_or(self.next_housekeeping, |at| at.min(self.next_housekeeping)))
+    }
+
+    /// Moves the shared gauges by this shard's change since the last report.
+    fn report_counts(&mut self) {
+        let now = (self.peers.len() as i64, self.tracks.len() as i64);
+        self.metrics.peers.add(now.0 - self.reported.0);
+        self.metrics.tracks.add(now.1 - self.reported.1);
+        self.reported = now;
     }
 
     fn peer_mut(&mut self, participant: ParticipantId) -> Result<&mut Peer, SfuError> {

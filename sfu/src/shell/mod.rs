@@ -2,8 +2,11 @@
 //! shard's UDP sockets, its ICE-TCP listeners and its [`Sfu`] core, and takes commands from the
 //! signalling service.
 
+mod router;
 mod tcp;
 pub mod udp;
+
+pub use router::{ShardRouter, shard_of_room};
 
 use std::future::poll_fn;
 use std::io;

@@ -53,6 +53,11 @@ pub fn temp_dir(tag: &str) -> TempDir {
 
 impl TestServer {
     pub async fn start(resume_grace: Duration) -> Self {
+        Self::start_with_shards(resume_grace, 1).await
+    }
+
+    /// A server with `shards` media shards (rooms spread over them).
+    pub async fn start_with_shards(resume_grace: Duration, shards: usize) -> Self {
         let dir = temp_dir("server");
         let config = ServeConfig {
             data_dir: dir.0.clone(),
@@ -66,6 +71,7 @@ impl TestServer {
             resume_grace,
             loudest_n: 3,
             max_subscriptions: ting_sfu::DEFAULT_MAX_SUBSCRIPTIONS,
+            shards,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let running = ting::server::start(config, async move {
@@ -73,6 +79,11 @@ impl TestServer {
         })
         .await
         .unwrap();
+        assert_eq!(
+            running.media_addrs.len(),
+            shards,
+            "one UDP socket per shard"
+        );
         Self {
             http: running.http_addr,
             media: running.media_addrs[0],
