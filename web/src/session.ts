@@ -75,7 +75,11 @@ interface SendSlot {
 /** A receive-only video m-line. (Audio comes through the audio slots instead.) */
 interface RecvSlot {
   transceiver: RTCRtpTransceiver;
-  /** The remote video track shown on this m-line, or null when the slot is free for reuse. */
+  kind: TrackKind;
+  /**
+   * The remote track on this m-line (a video, or the sound of a screen share), or null when the
+   * slot is free for reuse.
+   */
   trackId: TrackId | null;
 }
 
@@ -197,10 +201,18 @@ export class Session {
     return this.audioSlots.flatMap((t) => (this.isNegotiated(t) ? [{ mid: t.mid as string, track: t.receiver.track }] : []));
   }
 
+  /** Sound that comes with screen shares, each on its own m-line (not a loudest-N slot). */
+  screenAudioMedia(): MediaStreamTrack[] {
+    return this.recvSlots.flatMap((slot) =>
+      slot.kind === 'audio' && slot.trackId !== null && this.isNegotiated(slot.transceiver) ? [slot.transceiver.receiver.track] : [],
+    );
+  }
+
   /** What each negotiated video m-line shows, for tests and debugging (matches getStats `mid`). */
   receiving(): { mid: string; trackId: TrackId; participantId: ParticipantId; source: TrackSource }[] {
     const tracks = new Map(this.remoteTracks().map((t) => [t.id, t]));
     return this.recvSlots.flatMap((slot) => {
+      if (slot.kind !== 'video') return [];
       const info = slot.trackId === null ? undefined : tracks.get(slot.trackId);
       const mid = slot.transceiver.mid;
       if (!info || mid === null || !this.isNegotiated(slot.transceiver)) return [];
@@ -517,15 +529,17 @@ export class Session {
   }
 
   /**
-   * The remote video tracks to receive: every screen share, and at most MAX_VIDEO_TILES cameras
-   * (last-N: the pinned one, recent speakers, those already shown, then roster order). Muted
-   * cameras send nothing and are left out. The others' tiles show their avatar.
+   * The remote tracks to receive on their own m-lines: every screen share with its sound, and at
+   * most MAX_VIDEO_TILES cameras (last-N: the pinned one, recent speakers, those already shown,
+   * then roster order). Muted cameras send nothing and are left out. The others' tiles show their
+   * avatar. Microphones come through the audio slots instead.
    */
-  private wantedVideos(): Map<TrackId, TrackInfo> {
+  private wantedTracks(): Map<TrackId, TrackInfo> {
     const wanted = new Map<TrackId, TrackInfo>();
     const cameras = new Map<ParticipantId, TrackInfo>();
     const people = [...this.participants.values()].sort((a, b) => a.id - b.id);
     for (const t of people.flatMap((p) => p.tracks)) {
+      if (t.source === 'screen_audio') wanted.set(t.id, t);
       if (t.kind !== 'video') continue;
       if (t.source !== 'camera') wanted.set(t.id, t);
       else if (!t.muted && !cameras.has(t.participant_id)) cameras.set(t.participant_id, t);
@@ -539,10 +553,10 @@ export class Session {
     return wanted;
   }
 
-  /** Gives each wanted video track a receiving m-line, reusing free ones; adding one needs an offer. */
+  /** Gives each wanted track a receiving m-line of its kind, reusing free ones; adding one needs an offer. */
   private allocateReceivers(): void {
     if (this.closed) return;
-    const wanted = this.wantedVideos();
+    const wanted = this.wantedTracks();
     for (const slot of this.recvSlots) {
       if (slot.trackId !== null && !wanted.has(slot.trackId)) slot.trackId = null;
     }
@@ -550,10 +564,10 @@ export class Session {
     let added = false;
     for (const track of wanted.values()) {
       if (assigned.has(track.id)) continue;
-      let slot = this.recvSlots.find((s) => s.trackId === null);
+      let slot = this.recvSlots.find((s) => s.trackId === null && s.kind === track.kind);
       if (!slot) {
-        const transceiver = this.pc.addTransceiver('video', { direction: 'recvonly' });
-        slot = { transceiver, trackId: null };
+        const transceiver = this.pc.addTransceiver(track.kind, { direction: 'recvonly' });
+        slot = { transceiver, kind: track.kind, trackId: null };
         this.recvSlots.push(slot);
         added = true;
       }

@@ -339,9 +339,13 @@ export class MeetingView {
     tile.el.classList.toggle('pinned', !!m.pinned);
   }
 
-  /** The audio slots play the loudest speakers; each gets its own element, made once. */
+  /**
+   * The audio slots play the loudest speakers, screen-share sound plays beside them; each m-line
+   * gets its own element, made once.
+   */
   private renderAudio(s: Session): void {
-    for (const { track } of s.audioSlotMedia()) {
+    const tracks = [...s.audioSlotMedia().map((m) => m.track), ...s.screenAudioMedia()];
+    for (const track of tracks) {
       if (this.audio.has(track)) continue;
       const el = h('audio', { autoplay: true });
       el.srcObject = new MediaStream([track]);
