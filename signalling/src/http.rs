@@ -200,12 +200,18 @@ async fn quick_join(
     Ok(Json(QuickJoinReply { token, room }))
 }
 
+/// Read buffer per signalling WebSocket.
+const WS_READ_BUFFER_BYTES: usize = 8 * 1024;
+
 async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     let hub = state.hub.clone();
     // The transport limit is generous so that our own, smaller limit can answer with a
     // protocol error instead of a dropped connection.
     upgrade
         .max_message_size(16 * MAX_MESSAGE_BYTES)
+        // Signalling messages are small; the default 128 KiB read buffer per socket was the
+        // second largest share of a participant's memory. Bigger messages still assemble.
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             let tracker = hub.sessions().clone();
             tracker.track_future(crate::session::run(hub, socket))

@@ -35,10 +35,11 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
 /// Default cap on one receiver's subscriptions: a 25-tile gallery, screen shares and a few
 /// directly subscribed microphones.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 32;
-/// Video packets kept per receiving m-line for retransmissions: about 1.5 s of the top layer,
-/// plenty for NACKs at any sane round-trip time. str0m's default (1000) holds over a megabyte
-/// per stream once full, which is most of a receiver's memory in a large meeting.
-const SEND_BUFFER_VIDEO_PACKETS: usize = 300;
+/// Video packets kept per receiving m-line for retransmissions: over half a second of a 2.5
+/// Mbit/s top layer, seconds of the lower ones; enough for NACKs at a few hundred ms round trip.
+/// The buffer holds a copy of every packet: with str0m's default (1000) it was over a megabyte
+/// per stream once full, most of a receiver's memory in a large meeting (heaptrack).
+const SEND_BUFFER_VIDEO_PACKETS: usize = 150;
 /// At most one keyframe request per layer of a track in this interval.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// Bandwidth assumed for a receiver before its first estimate.
