@@ -1,9 +1,10 @@
 //! One participant's media connection: a str0m `Rtc` on its own UDP socket, with a browser-like
 //! set of m-lines (sendonly microphone, sendonly simulcast camera, recvonly slots).
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -25,6 +26,9 @@ const READ_BATCH: usize = 64;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counters {
     pub rx_packets: u64,
+    /// RTP media packets received (str0m's ingress stats, once a second): without the
+    /// bandwidth estimator's padding and probes, RTCP and STUN that `rx_packets` also counts.
+    pub rx_media_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
@@ -55,6 +59,8 @@ pub struct MediaPeer {
     published: Vec<PublishedTrack>,
     pending: Option<(SdpPendingOffer, Vec<Mid>)>,
     pub counters: Counters,
+    /// Cumulative ingress packet counts last seen per receiving stream.
+    media_packets_seen: HashMap<(Mid, Option<Rid>), u64>,
 }
 
 impl MediaPeer {
@@ -74,6 +80,7 @@ impl MediaPeer {
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
         rtc.add_local_candidate(
             Candidate::host(local, "udp").context("host candidate for the media socket")?,
@@ -91,6 +98,7 @@ impl MediaPeer {
             published: Vec::new(),
             pending: None,
             counters: Counters::default(),
+            media_packets_seen: HashMap::new(),
         })
     }
 
@@ -297,7 +305,14 @@ impl MediaPeer {
                     }
                     Err(_) => self.counters.tx_dropped += 1,
                 },
-                Output::Event(e) => events.push(e),
+                Output::Event(e) => {
+                    if let Event::MediaIngressStats(s) = &e {
+                        let seen = self.media_packets_seen.entry((s.mid, s.rid)).or_default();
+                        self.counters.rx_media_packets += s.packets.saturating_sub(*seen);
+                        *seen = s.packets.max(*seen);
+                    }
+                    events.push(e);
+                }
             }
         }
     }

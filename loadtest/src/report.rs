@@ -157,6 +157,11 @@ pub struct ServerUsage {
     pub rx_packets: u64,
     /// Server CPU-seconds per million packets the tester received during the hold.
     pub cpu_secs_per_million_packets: Option<f64>,
+    /// RTP media packets among them (from str0m's ingress stats: no padding, probes, RTCP or
+    /// STUN), and the server's CPU per million of those: the fairer figure between servers
+    /// whose bandwidth probing differs.
+    pub rx_media_packets: u64,
+    pub cpu_secs_per_million_media_packets: Option<f64>,
     /// Server resident memory (VmRSS) before the run and at the end of the hold, KiB.
     pub rss_before_kib: Option<u64>,
     pub rss_kib: Option<u64>,
@@ -171,6 +176,7 @@ impl ServerUsage {
     pub fn measure(
         hold: std::time::Duration,
         rx_packets: u64,
+        rx_media_packets: u64,
         cpu: Option<std::time::Duration>,
         rss_before_kib: Option<u64>,
         rss_kib: Option<u64>,
@@ -190,6 +196,10 @@ impl ServerUsage {
             cpu_secs_per_million_packets: cpu_secs
                 .filter(|_| rx_packets > 0)
                 .map(|c| round(c / rx_packets as f64 * 1e6, 3)),
+            rx_media_packets,
+            cpu_secs_per_million_media_packets: cpu_secs
+                .filter(|_| rx_media_packets > 0)
+                .map(|c| round(c / rx_media_packets as f64 * 1e6, 3)),
             rss_before_kib,
             rss_kib,
             participants,
@@ -644,6 +654,16 @@ impl Report {
             );
             row(
                 &mut s,
+                "server per media",
+                format!(
+                    "{} cpu-s per million RTP media packets received ({} of them; no padding, \
+                     probes, RTCP or STUN)",
+                    or_q(u.cpu_secs_per_million_media_packets, 3),
+                    u.rx_media_packets
+                ),
+            );
+            row(
+                &mut s,
                 "server memory",
                 format!(
                     "RSS {} MiB at the end of the hold ({} MiB before the run): {} KiB per \
@@ -766,6 +786,7 @@ mod tests {
             server_usage: Some(ServerUsage::measure(
                 std::time::Duration::from_secs(30),
                 2_000_000,
+                1_500_000,
                 Some(std::time::Duration::from_millis(15_000)),
                 Some(10_240),
                 Some(30_720),
@@ -776,6 +797,7 @@ mod tests {
         let report = Report::build(info, outcomes, tester);
         let usage = report.server_usage.clone().unwrap();
         assert_eq!(usage.cpu_secs_per_million_packets, Some(7.5));
+        assert_eq!(usage.cpu_secs_per_million_media_packets, Some(10.0));
         assert_eq!(usage.rss_per_participant_kib, Some(153.6));
         assert_eq!(usage.rss_added_per_participant_kib, Some(102.4));
         assert_eq!((report.planned, report.joined, report.failed), (3, 2, 1));

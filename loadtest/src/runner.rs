@@ -268,6 +268,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
         server_usage = Some(ServerUsage::measure(
             t1.duration_since(t0),
             b.rx_packets.saturating_sub(a.rx_packets),
+            b.rx_media_packets.saturating_sub(a.rx_media_packets),
             server_hold
                 .0
                 .zip(server_hold.1)

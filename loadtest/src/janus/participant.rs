@@ -390,6 +390,10 @@ impl Session {
         let c = self.counters();
         let p = &self.shared.progress;
         Progress::add(&p.rx_packets, c.rx_packets - self.reported.rx_packets);
+        Progress::add(
+            &p.rx_media_packets,
+            c.rx_media_packets - self.reported.rx_media_packets,
+        );
         Progress::add(&p.rx_bytes, c.rx_bytes - self.reported.rx_bytes);
         Progress::add(&p.tx_packets, c.tx_packets - self.reported.tx_packets);
         Progress::add(&p.tx_bytes, c.tx_bytes - self.reported.tx_bytes);
@@ -403,6 +407,7 @@ impl Session {
         for peer in [&self.publisher, &self.subscriber].into_iter().flatten() {
             let c = peer.counters;
             sum.rx_packets += c.rx_packets;
+            sum.rx_media_packets += c.rx_media_packets;
             sum.rx_bytes += c.rx_bytes;
             sum.tx_packets += c.tx_packets;
             sum.tx_bytes += c.tx_bytes;
