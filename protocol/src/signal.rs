@@ -67,6 +67,9 @@ pub enum ClientMessage {
         limit: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         query: Option<String>,
+        /// Hosts and moderators only: list viewers too (to find and promote one).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        viewers: bool,
     },
     /// Raise or lower one's hand (ask to speak).
     RaiseHand { raised: bool },

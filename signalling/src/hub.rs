@@ -276,7 +276,7 @@ impl Hub {
             resume_token: member.resume_token.clone(),
             resume_grace_secs: self.0.config.resume_grace.as_secs() as u32,
             participants: room
-                .roster(Some(id), None)
+                .roster(Some(id), None, false)
                 .into_iter()
                 .take(FIRST_PAGE)
                 .collect(),
@@ -455,13 +455,24 @@ impl Hub {
         offset: u32,
         limit: u32,
         query: Option<String>,
+        viewers: bool,
     ) -> Result<ServerMessage, HubError> {
         let rooms = self.rooms();
         let room = rooms
             .room_of(participant)
             .and_then(|r| rooms.room(r))
             .ok_or_else(not_joined)?;
-        let all = room.roster(Some(participant), query.as_deref());
+        if viewers
+            && !rooms
+                .member(participant)
+                .is_some_and(|m| m.info.role.moderates())
+        {
+            return Err(HubError::new(
+                ErrorCode::NotAllowed,
+                "only hosts and moderators may list viewers",
+            ));
+        }
+        let all = room.roster(Some(participant), query.as_deref(), viewers);
         let participants = all
             .iter()
             .skip(offset as usize)

@@ -96,16 +96,20 @@ impl Room {
 
     /// The roster as others see it (viewers and hidden members are counted, not listed), in
     /// display order, optionally only names containing `query`.
+    /// The listed members (with `viewers`, viewers too; hidden WHEP players never), without
+    /// `except`, whose name contains `query`, in roster order.
     pub fn roster(
         &self,
         except: Option<ParticipantId>,
         query: Option<&str>,
+        viewers: bool,
     ) -> Vec<ParticipantInfo> {
         let query = query.map(str::to_lowercase);
         let mut roster: Vec<ParticipantInfo> = self
             .members
             .values()
-            .filter(|m| listed(m.info.role, m.hidden) && Some(m.info.id) != except)
+            .filter(|m| listed(m.info.role, m.hidden) || (viewers && !m.hidden))
+            .filter(|m| Some(m.info.id) != except)
             .filter(|m| {
                 query
                     .as_ref()
@@ -459,7 +463,9 @@ mod tests {
             Some(ServerMessage::RosterCount { count: 4 })
         );
         assert_eq!(
-            rooms.room(&room()).map(|r| r.roster(None, None).len()),
+            rooms
+                .room(&room())
+                .map(|r| r.roster(None, None, false).len()),
             Some(2)
         );
     }

@@ -264,8 +264,11 @@ where
                 offset,
                 limit,
                 query,
+                viewers,
             } => {
-                let page = self.hub.roster_page(participant, offset, limit, query)?;
+                let page = self
+                    .hub
+                    .roster_page(participant, offset, limit, query, viewers)?;
                 self.send(&page).await;
                 Ok(())
             }

@@ -510,3 +510,46 @@ async fn mute_all_spares_the_moderators() {
     assert_eq!(muted, expected);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn moderators_find_viewers_in_the_roster_and_promote_them() {
+    let server = TestServer::start(GRACE).await;
+    let (mut host, _) = Client::join(&server, &server.token("hall", "host", Role::Host)).await;
+    let (mut viewer, joined) =
+        Client::join(&server, &server.token("hall", "vera", Role::Viewer)).await;
+    let (viewer_id, _) = participant_of(&joined);
+    let (mut attendee, _) =
+        Client::join(&server, &server.token("hall", "atti", Role::Attendee)).await;
+    let page = |viewers: bool| ClientMessage::RosterPage {
+        offset: 0,
+        limit: 100,
+        query: Some("VER".into()),
+        viewers,
+    };
+    let found = |m: ServerMessage| match m {
+        ServerMessage::RosterPage { participants, .. } => {
+            participants.iter().map(|p| p.id).collect::<Vec<_>>()
+        }
+        other => panic!("a roster page: {other:?}"),
+    };
+    let is_page = |m: &ServerMessage| matches!(m, ServerMessage::RosterPage { .. });
+
+    // Viewers are only counted in the ordinary roster…
+    host.send(&page(false)).await;
+    assert_eq!(found(host.expect("page", is_page).await), vec![]);
+    // …but a moderator may list them, to bring one on stage.
+    host.send(&page(true)).await;
+    assert_eq!(found(host.expect("page", is_page).await), vec![viewer_id]);
+    // Nobody else may.
+    attendee.send(&page(true)).await;
+    expect_error(&mut attendee, ErrorCode::NotAllowed).await;
+
+    promote(&mut host, &mut viewer, viewer_id).await;
+    host.send(&page(false)).await;
+    assert_eq!(
+        found(host.expect("page", is_page).await),
+        vec![viewer_id],
+        "a speaker now, so listed"
+    );
+    server.shutdown().await;
+}

@@ -460,6 +460,7 @@ async fn large_rooms_get_a_first_page_and_pages_on_request() {
         offset: 100,
         limit: 100,
         query: None,
+        viewers: false,
     })
     .await;
     let page = late
@@ -479,6 +480,7 @@ async fn large_rooms_get_a_first_page_and_pages_on_request() {
         offset: 0,
         limit: 10,
         query: Some("USER12".into()),
+        viewers: false,
     })
     .await;
     let page = late

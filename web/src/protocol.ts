@@ -90,7 +90,7 @@ export type ClientMessage =
   | { type: 'mute'; track_id: TrackId; muted: boolean }
   | { type: 'leave' }
   | { type: 'ping'; nonce: number }
-  | { type: 'roster_page'; offset: number; limit: number; query?: string }
+  | { type: 'roster_page'; offset: number; limit: number; query?: string; viewers?: boolean }
   | { type: 'raise_hand'; raised: boolean }
   | { type: 'set_role'; participant_id: ParticipantId; role: Role }
   | { type: 'mute_participant'; participant_id: ParticipantId; kind: TrackKind; muted: boolean }
