@@ -1,6 +1,7 @@
 // End-to-end tests of roles and moderation in the browser client against a real Ting server:
-// a host runs the lobby, admits an attendee, promotes them to speaker and mutes them; then
-// remove, deny and lock end other people's attempts with clear messages.
+// a host runs the lobby, admits an attendee, promotes them to speaker and mutes them; finds a
+// viewer in the audience and invites them to speak; then remove, deny and lock end other
+// people's attempts with clear messages.
 //
 //   TING_BIN=target/debug/ting node --test e2e/moderation.test.mjs
 //   (E2E_SCREENSHOTS=/tmp also writes a picture of the moderator panel there)
@@ -173,6 +174,26 @@ test('make attendee stops the publishing, remove ends the meeting for them', { t
   await rowOf(hp, attendeeId).locator('[data-action="confirm-remove"]').click();
   await ap.waitForFunction(() => /removed from the meeting/.test(document.querySelector('#card-title')?.textContent ?? ''), null, { timeout: 3000 });
   await rowOf(hp, attendeeId).waitFor({ state: 'detached', timeout: 3000 });
+});
+
+test('a host finds a viewer in the audience and invites them to speak', { timeout: 15_000 }, async () => {
+  const hp = host.page;
+  const viewer = await browser('Vera');
+  const vp = viewer.page;
+  const joining = joinWithToken(viewer, server.base, ROOM, await token('Vera', 'viewer'), { until: 'waiting' });
+  await within(10_000, 'the viewer reaches the lobby', joining);
+  await hp.locator('[data-lobby-row] [data-action="admit"]').click();
+  await vp.waitForFunction(() => window.ting?.state === 'joined', null, { timeout: 5000 });
+  const veraId = await vp.evaluate(() => window.ting.participantId);
+  assert.equal(await rowOf(hp, veraId).count(), 0, 'a viewer is only counted, not listed');
+
+  await hp.fill('#audience-search', 've');
+  const invite = hp.locator(`[data-audience-row="${veraId}"] [data-action="promote"]`);
+  await invite.waitFor({ timeout: 3000 });
+  await invite.click();
+  await vp.waitForFunction(() => window.ting.session.self.role === 'speaker', null, { timeout: 3000 });
+  await rowOf(hp, veraId).waitFor({ timeout: 3000 });
+  await hp.locator(`[data-audience-row="${veraId}"]`).waitFor({ state: 'detached', timeout: 3000 });
 });
 
 test('denied from the lobby, then turned away from a locked room', { timeout: 20_000 }, async () => {

@@ -21,6 +21,9 @@ export interface Notice {
   run: () => void;
 }
 
+/** Viewers shown per audience search. */
+const AUDIENCE_RESULTS = 20;
+
 export interface ModerationListener {
   /** Settings, lobby or hands changed: re-render. */
   changed(): void;
@@ -54,6 +57,8 @@ export class Moderation {
   lobby: ParticipantInfo[];
   /** Kinds a moderator muted us for and has not allowed again. */
   private readonly mutedBy = new Set<TrackKind>();
+  /** Viewers found by the last audience search (moderators only). */
+  audience: ParticipantInfo[] = [];
   /** Participants whose raised hand was already announced. */
   private hands = new Set<ParticipantId>();
 
@@ -121,6 +126,10 @@ export class Moderation {
         // A role change may make us a moderator (or no longer one): hands and lobby matter now.
         this.announceHands();
         this.announceLobby(this.lobby.length);
+        break;
+      case 'roster_page':
+        if (!this.isModerator) return;
+        this.audience = msg.participants.filter((p) => p.role === 'viewer');
         break;
       case 'roster_changed':
       case 'participant_joined':
@@ -195,6 +204,18 @@ export class Moderation {
     // Show it at once; the server's `participant_updated` confirms.
     this.session.self.hand_raised = raised;
     this.listener.changed();
+  }
+
+  /** Looks for viewers by name (they are not in the roster): results land in `audience`. */
+  searchAudience(query: string): void {
+    const q = query.trim();
+    if (!this.isModerator) return;
+    if (q === '') {
+      this.audience = [];
+      this.listener.changed();
+      return;
+    }
+    this.signal.send({ type: 'roster_page', offset: 0, limit: AUDIENCE_RESULTS, query: q, viewers: true });
   }
 
   setRole(participant: ParticipantId, role: Role): void {

@@ -327,7 +327,8 @@ export class Session {
         this.listener.changed();
         return;
       case 'roster_page':
-        if (msg.offset !== 0) return;
+        // Only viewers poll the roster; a moderator's pages are audience searches (moderation).
+        if (msg.offset !== 0 || this.self.role !== 'viewer') return;
         if (msg.participants.length >= msg.total) {
           // The whole roster: whoever is missing has left.
           const present = new Set(msg.participants.map((p) => p.id));

@@ -64,6 +64,17 @@ export class ParticipantsPanel {
   private readonly admitAll = h('button', { id: 'admit-all', type: 'button', className: 'small' }, 'Admit all');
   private readonly lobbySection: HTMLElement;
 
+  private readonly audienceSearch = h('input', {
+    type: 'search',
+    id: 'audience-search',
+    placeholder: 'Find a viewer by name',
+    'aria-label': 'Find a viewer by name',
+  });
+  private readonly audienceList = h('ul', { className: 'audience-list', id: 'audience-results' });
+  private readonly audienceSection: HTMLElement;
+  private readonly audienceRows = new Map<ParticipantId, HTMLLIElement>();
+  private audienceTimer: number | undefined;
+
   private moderation: Moderation | null = null;
   private session: Session | null = null;
 
@@ -96,6 +107,18 @@ export class ParticipantsPanel {
       this.lobbyList,
     );
 
+    this.audienceSearch.addEventListener('input', () => {
+      window.clearTimeout(this.audienceTimer);
+      this.audienceTimer = window.setTimeout(() => this.moderation?.searchAudience(this.audienceSearch.value), 250);
+    });
+    this.audienceSection = h(
+      'section',
+      { id: 'audience', className: 'audience', 'aria-labelledby': 'audience-title', hidden: true },
+      h('div', { className: 'section-title' }, h('h3', { id: 'audience-title' }, 'Audience (viewers)')),
+      this.audienceSearch,
+      this.audienceList,
+    );
+
     this.el = h(
       'aside',
       { id: 'participants-panel', className: 'panel', hidden: true, 'aria-labelledby': 'participants-title' },
@@ -103,6 +126,7 @@ export class ParticipantsPanel {
       this.roomControls,
       this.lobbySection,
       this.list,
+      this.audienceSection,
     );
   }
 
@@ -118,6 +142,7 @@ export class ParticipantsPanel {
     this.count.textContent = String(s.participantCount);
     this.renderRoomControls(m);
     this.renderLobby(m);
+    this.renderAudience(s, m);
     // Raised hands first (after oneself): whoever asks to speak should not be hard to find.
     const ordered = [people[0] as ParticipantInfo, ...people.slice(1).sort((a, b) => Number(b.hand_raised) - Number(a.hand_raised))];
     const wanted = new Set(ordered.map((p) => p.id));
@@ -145,6 +170,31 @@ export class ParticipantsPanel {
     this.lockRoom.checked = m.settings.locked;
     this.lobbyToggle.checked = m.settings.lobby;
     this.selfUnmute.checked = m.settings.allow_self_unmute;
+  }
+
+  /** Moderators find viewers (who are only counted) by name and invite them to speak. */
+  private renderAudience(s: Session, m: Moderation): void {
+    this.audienceSection.hidden = !m.isModerator;
+    // Someone promoted since the search is in the list above now.
+    const found = m.isModerator ? m.audience.filter((p) => !s.participants.has(p.id)) : [];
+    const wanted = new Set(found.map((p) => p.id));
+    for (const [id, row] of this.audienceRows) {
+      if (wanted.has(id)) continue;
+      row.remove();
+      this.audienceRows.delete(id);
+    }
+    // Rows are kept across renders so that a click is never on a replaced button.
+    found.forEach((p, i) => {
+      let row = this.audienceRows.get(p.id);
+      if (!row) {
+        const invite = h('button', { type: 'button', className: 'small', 'data-action': 'promote' }, 'Invite to speak');
+        invite.setAttribute('aria-label', `Invite ${p.name} to speak`);
+        invite.addEventListener('click', () => this.moderation?.setRole(p.id, 'speaker'));
+        row = h('li', { 'data-audience-row': String(p.id) }, h('span', { className: 'name' }, p.name), invite);
+        this.audienceRows.set(p.id, row);
+      }
+      if (this.audienceList.children[i] !== row) this.audienceList.insertBefore(row, this.audienceList.children[i] ?? null);
+    });
   }
 
   private renderLobby(m: Moderation): void {
