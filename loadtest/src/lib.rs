@@ -19,7 +19,8 @@
 //! - [`report`]: JSON report and summary;
 //! - [`cli`]: the command line;
 //! - [`janus`]: the same participants against Janus' VideoRoom, for comparison;
-//! - [`floor`]: the CPU cost of merely sending datagrams (`sendmmsg`), the forwarding floor.
+//! - [`floor`]: the CPU cost of merely sending datagrams (`sendmmsg`), the forwarding floor;
+//! - [`ws`]: the JSON WebSocket with a reader task under both signalling clients.
 
 pub mod cli;
 pub mod floor;
@@ -36,6 +37,7 @@ pub mod scenario;
 pub mod signal;
 pub mod stats;
 pub mod tokens;
+pub mod ws;
 
 pub use report::Report;
 pub use runner::{RunConfig, Target, run};

@@ -3,15 +3,10 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, bail};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use ting_protocol::{ClientMessage, ParticipantId, ParticipantInfo, TrackId, TrackInfo};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::ws::{self, JsonSocket};
 
 /// Where the server is: its WebSocket URL and, for candidate filtering, its address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,48 +138,18 @@ pub struct Departed {
 }
 
 /// What the socket delivered.
-#[derive(Debug)]
-pub enum Incoming {
-    Message(Box<ServerEvent>),
-    /// Text that is not a message this client understands at all.
-    Unreadable(String),
-    Closed,
-    /// The socket failed (only seen by the reader; `recv` turns it into an error).
-    Failed(String),
-}
+pub type Incoming = ws::Incoming<ServerEvent>;
 
-/// Messages read ahead by a participant's reader task.
-const READ_AHEAD: usize = 1024;
-/// Socket buffers: signalling messages are small (tungstenite's default is 128 KiB each way,
-/// which for 1000 participants is a quarter of a gigabyte).
-const BUFFER_BYTES: usize = 16 * 1024;
-
-type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// One participant's signalling socket. A reader task reads and parses what the server sends,
-/// so waiting for the next message costs a channel poll, not a socket read per wake-up.
+/// One participant's signalling socket.
 pub struct SignalClient {
-    sink: SplitSink<WsStream, Message>,
-    incoming: mpsc::Receiver<Incoming>,
-    reader: tokio::task::JoinHandle<()>,
+    socket: JsonSocket<ServerEvent>,
 }
 
 impl SignalClient {
-    /// Connects; needs a tokio runtime (the reader is a task on it).
+    /// Connects; needs a tokio runtime (the socket's reader is a task on it).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let config = WebSocketConfig::default()
-            .read_buffer_size(BUFFER_BYTES)
-            .write_buffer_size(0);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-            .await
-            .with_context(|| format!("WebSocket connect to {url}"))?;
-        let (sink, stream) = ws.split();
-        let (tx, incoming) = mpsc::channel(READ_AHEAD);
-        let reader = tokio::spawn(read(stream, tx));
         Ok(Self {
-            sink,
-            incoming,
-            reader,
+            socket: JsonSocket::connect(url, url).await?,
         })
     }
 
@@ -194,55 +159,20 @@ impl SignalClient {
 
     /// Sends a message given as JSON (for messages newer than the wire types in use).
     pub async fn send_json(&mut self, message: &serde_json::Value) -> anyhow::Result<()> {
-        let text = serde_json::to_string(message)?;
-        self.sink
-            .send(Message::Text(text.into()))
-            .await
-            .context("WebSocket send")
+        self.socket.send_json(message).await
     }
 
-    /// The next server message. Cancel-safe, so it can sit in a `select!` next to the media
-    /// socket.
+    /// The next message, `Unreadable` text or `Closed`; a failed socket is an error.
     pub async fn recv(&mut self) -> anyhow::Result<Incoming> {
-        match self.incoming.recv().await {
-            Some(Incoming::Failed(e)) => Err(anyhow::anyhow!("WebSocket receive: {e}")),
-            Some(incoming) => Ok(incoming),
-            None => Ok(Incoming::Closed),
+        match self.socket.recv().await {
+            Incoming::Failed(e) => Err(anyhow::anyhow!("WebSocket receive: {e}")),
+            incoming => Ok(incoming),
         }
     }
 
     /// Closes the socket politely; errors do not matter any more.
     pub async fn close(&mut self) {
-        let _ = self.sink.close().await;
-        self.reader.abort();
-    }
-}
-
-impl Drop for SignalClient {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-/// The reader task: parses every text frame until the socket ends or the client goes away.
-async fn read(mut stream: SplitStream<WsStream>, tx: mpsc::Sender<Incoming>) {
-    use tokio_tungstenite::tungstenite::Error;
-    loop {
-        let incoming = match stream.next().await {
-            None | Some(Ok(Message::Close(_))) => Incoming::Closed,
-            Some(Err(Error::ConnectionClosed | Error::AlreadyClosed)) => Incoming::Closed,
-            Some(Err(e)) => Incoming::Failed(e.to_string()),
-            Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerEvent>(&text) {
-                Ok(m) => Incoming::Message(Box::new(m)),
-                Err(_) => Incoming::Unreadable(text.as_str().chars().take(200).collect()),
-            },
-            // Pings are answered by tungstenite; binary frames are not part of v1.
-            Some(Ok(_)) => continue,
-        };
-        let last = matches!(incoming, Incoming::Closed | Incoming::Failed(_));
-        if tx.send(incoming).await.is_err() || last {
-            return;
-        }
+        self.socket.close().await;
     }
 }
 

@@ -4,36 +4,15 @@
 use std::collections::VecDeque;
 
 use anyhow::{Context, bail};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::api::JanusMessage;
-
-/// Messages read ahead by the reader task.
-const READ_AHEAD: usize = 1024;
-/// Janus' SDP offers for many subscriptions are large; the rest is small.
-const BUFFER_BYTES: usize = 16 * 1024;
-
-type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-enum Incoming {
-    Message(Box<JanusMessage>),
-    Closed,
-    Failed(String),
-}
+use crate::ws::{Incoming, JsonSocket};
 
 pub struct JanusClient {
-    sink: SplitSink<WsStream, Message>,
-    incoming: mpsc::Receiver<Incoming>,
-    reader: tokio::task::JoinHandle<()>,
+    socket: JsonSocket<JanusMessage>,
     next_transaction: u64,
     /// What arrived while a call waited for its reply, in order.
     backlog: VecDeque<JanusMessage>,
@@ -49,19 +28,8 @@ impl JanusClient {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static("janus-protocol"),
         );
-        let config = WebSocketConfig::default()
-            .read_buffer_size(BUFFER_BYTES)
-            .write_buffer_size(0);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
-            .await
-            .with_context(|| format!("WebSocket connect to {url}"))?;
-        let (sink, stream) = ws.split();
-        let (tx, incoming) = mpsc::channel(READ_AHEAD);
-        let reader = tokio::spawn(read(stream, tx));
         Ok(Self {
-            sink,
-            incoming,
-            reader,
+            socket: JsonSocket::connect(request, url).await?,
             next_transaction: 0,
             backlog: VecDeque::new(),
         })
@@ -74,11 +42,7 @@ impl JanusClient {
     }
 
     pub async fn send(&mut self, message: &Value) -> anyhow::Result<()> {
-        let text = serde_json::to_string(message)?;
-        self.sink
-            .send(Message::Text(text.into()))
-            .await
-            .context("WebSocket send")
+        self.socket.send_json(message).await
     }
 
     /// Sends a request built for `transaction` and waits for its reply: `success` or `error`
@@ -115,47 +79,19 @@ impl JanusClient {
     }
 
     async fn next_from_socket(&mut self) -> anyhow::Result<JanusMessage> {
-        match self.incoming.recv().await {
-            Some(Incoming::Message(m)) => Ok(*m),
-            Some(Incoming::Failed(e)) => bail!("WebSocket receive: {e}"),
-            Some(Incoming::Closed) | None => bail!("Janus closed the WebSocket"),
+        loop {
+            match self.socket.recv().await {
+                Incoming::Message(m) => return Ok(*m),
+                // Janus only sends JSON objects; anything else is skipped.
+                Incoming::Unreadable(text) => tracing::debug!("unreadable Janus message: {text}"),
+                Incoming::Failed(e) => bail!("WebSocket receive: {e}"),
+                Incoming::Closed => bail!("Janus closed the WebSocket"),
+            }
         }
     }
 
     /// Closes the socket politely; errors do not matter any more.
     pub async fn close(&mut self) {
-        let _ = self.sink.close().await;
-        self.reader.abort();
-    }
-}
-
-impl Drop for JanusClient {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-/// The reader task: parses every text frame until the socket ends or the client goes away.
-/// Frames that are not Janus messages are skipped (Janus only sends JSON objects).
-async fn read(mut stream: SplitStream<WsStream>, tx: mpsc::Sender<Incoming>) {
-    use tokio_tungstenite::tungstenite::Error;
-    loop {
-        let incoming = match stream.next().await {
-            None | Some(Ok(Message::Close(_))) => Incoming::Closed,
-            Some(Err(Error::ConnectionClosed | Error::AlreadyClosed)) => Incoming::Closed,
-            Some(Err(e)) => Incoming::Failed(e.to_string()),
-            Some(Ok(Message::Text(text))) => match serde_json::from_str::<JanusMessage>(&text) {
-                Ok(m) => Incoming::Message(Box::new(m)),
-                Err(e) => {
-                    tracing::debug!("unreadable Janus message: {e}");
-                    continue;
-                }
-            },
-            Some(Ok(_)) => continue,
-        };
-        let last = matches!(incoming, Incoming::Closed | Incoming::Failed(_));
-        if tx.send(incoming).await.is_err() || last {
-            return;
-        }
+        self.socket.close().await;
     }
 }
