@@ -308,8 +308,14 @@ impl MediaPeer {
                 Output::Event(e) => {
                     if let Event::MediaIngressStats(s) = &e {
                         let seen = self.media_packets_seen.entry((s.mid, s.rid)).or_default();
-                        self.counters.rx_media_packets += s.packets.saturating_sub(*seen);
-                        *seen = s.packets.max(*seen);
+                        // A count below the last one is a new stream on the m-line (a new SSRC
+                        // after renegotiation), counting from zero.
+                        self.counters.rx_media_packets += if s.packets >= *seen {
+                            s.packets - *seen
+                        } else {
+                            s.packets
+                        };
+                        *seen = s.packets;
                     }
                     events.push(e);
                 }

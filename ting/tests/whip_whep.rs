@@ -239,7 +239,31 @@ async fn rooms_on_different_shards_each_carry_their_media() {
     let shard = |n: &str| ting_sfu::shard_of_room(&RoomId::new(n).unwrap(), 2);
     let first = names.iter().find(|n| shard(n) == 0).unwrap().clone();
     let second = names.iter().find(|n| shard(n) == 1).unwrap().clone();
-    for (room, marker) in [(first, b'A'), (second, b'B')] {
+    for (index, (room, marker)) in [(first, b'A'), (second, b'B')].into_iter().enumerate() {
+        // The room's media is on its shard's port, and only there.
+        let mut peer = MediaPeer::udp();
+        let (offer, _pending, _mids) = peer.offer(&[(MediaKind::Audio, Direction::SendOnly)]);
+        let probe_token = server.token(&room, "probe", Role::Speaker);
+        let response = post_sdp(
+            &server,
+            &format!("/whip/{room}"),
+            &probe_token,
+            offer.to_sdp_string(),
+        )
+        .await;
+        assert_eq!(response.status(), 201);
+        let answer = response.text().await.unwrap();
+        let ports: Vec<u16> = answer
+            .lines()
+            .filter(|l| l.starts_with("a=candidate") && l.contains(" udp "))
+            .filter_map(|l| l.split_whitespace().nth(5)?.parse().ok())
+            .collect();
+        assert_eq!(
+            ports,
+            vec![server.shard_media[index].port()],
+            "{room} is answered by shard {index}"
+        );
+
         let publisher_token = server.token(&room, "encoder", Role::Speaker);
         let player_token = server.token(&room, "player", Role::Viewer);
         let publisher = Sender {

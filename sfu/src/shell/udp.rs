@@ -34,7 +34,8 @@ pub fn enlarge_buffers(socket: &StdUdpSocket) -> (usize, usize) {
     }
     let receive = getsockopt(socket, sockopt::RcvBuf).unwrap_or(0);
     let send = getsockopt(socket, sockopt::SndBuf).unwrap_or(0);
-    if receive < SOCKET_BUFFER_WARN_BYTES {
+    // The kernel reports twice what it grants for data.
+    if receive / 2 < SOCKET_BUFFER_WARN_BYTES {
         warn!(
             receive,
             "small UDP receive buffer: raise net.core.rmem_max (sysctl) to at least {} or run \
@@ -45,10 +46,17 @@ pub fn enlarge_buffers(socket: &StdUdpSocket) -> (usize, usize) {
     (receive, send)
 }
 
+/// One socket's queued datagrams, addresses apart so that `sendmmsg` takes them as they are.
+#[derive(Default)]
+struct Queue {
+    addresses: Vec<Option<SockaddrStorage>>,
+    contents: Vec<DatagramSend>,
+}
+
 /// Outgoing datagrams queued per socket until [`SendBatch::flush`].
 pub struct SendBatch {
     headers: MultiHeaders<SockaddrStorage>,
-    queues: Vec<Vec<(SockaddrStorage, DatagramSend)>>,
+    queues: Vec<Queue>,
     /// Datagrams the kernel would not take (full send buffer) since the last call to
     /// [`SendBatch::take_dropped`].
     dropped: u64,
@@ -58,9 +66,7 @@ impl SendBatch {
     pub fn new(sockets: usize) -> Self {
         Self {
             headers: MultiHeaders::preallocate(SEND_BATCH, None),
-            queues: (0..sockets)
-                .map(|_| Vec::with_capacity(SEND_BATCH))
-                .collect(),
+            queues: (0..sockets).map(|_| Queue::default()).collect(),
             dropped: 0,
         }
     }
@@ -76,8 +82,11 @@ impl SendBatch {
         let Some(queue) = self.queues.get_mut(index) else {
             return;
         };
-        queue.push((SockaddrStorage::from(destination), contents));
-        if queue.len() >= SEND_BATCH {
+        queue
+            .addresses
+            .push(Some(SockaddrStorage::from(destination)));
+        queue.contents.push(contents);
+        if queue.contents.len() >= SEND_BATCH {
             self.flush_one(sockets, index);
         }
     }
@@ -98,20 +107,20 @@ impl SendBatch {
             return;
         };
         let fd = socket.as_raw_fd();
+        let total = queue.contents.len();
+        let slices: Vec<[IoSlice<'_>; 1]> = queue
+            .contents
+            .iter()
+            .map(|contents| [IoSlice::new(contents)])
+            .collect();
         let mut next = 0;
-        while next < queue.len() {
-            let batch = &queue[next..queue.len().min(next + SEND_BATCH)];
-            let slices: Vec<[IoSlice<'_>; 1]> = batch
-                .iter()
-                .map(|(_, contents)| [IoSlice::new(contents)])
-                .collect();
-            let addresses: Vec<Option<SockaddrStorage>> =
-                batch.iter().map(|(address, _)| Some(*address)).collect();
+        while next < total {
+            let end = total.min(next + SEND_BATCH);
             let sent = sendmmsg(
                 fd,
                 &mut self.headers,
-                &slices,
-                &addresses,
+                &slices[next..end],
+                &queue.addresses[next..end],
                 [],
                 MsgFlags::MSG_DONTWAIT,
             )
@@ -125,7 +134,7 @@ impl SendBatch {
                 Ok(n) => next += n,
                 // A full send buffer drops the rest, as the network would.
                 Err(Errno::EAGAIN) => {
-                    self.dropped += (queue.len() - next) as u64;
+                    self.dropped += (total - next) as u64;
                     break;
                 }
                 // An error that belongs to the first datagram (an ICMP error reported late, an
@@ -137,7 +146,8 @@ impl SendBatch {
                 }
             }
         }
-        queue.clear();
+        queue.addresses.clear();
+        queue.contents.clear();
     }
 }
 

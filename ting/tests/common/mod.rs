@@ -26,6 +26,8 @@ pub struct TestServer {
     pub http: SocketAddr,
     pub media: SocketAddr,
     pub tcp_media: SocketAddr,
+    /// Every shard's UDP address, by shard index.
+    pub shard_media: Vec<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: TempDir,
@@ -88,6 +90,7 @@ impl TestServer {
             http: running.http_addr,
             media: running.media_addrs[0],
             tcp_media: running.tcp_media_addrs[0],
+            shard_media: running.media_addrs.clone(),
             stop: Some(stop),
             task: running.task,
             _dir: dir,
