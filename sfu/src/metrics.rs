@@ -20,8 +20,8 @@ pub struct SfuMetrics {
     pub bytes_out: IntCounter,
     /// Datagrams no participant claims (unknown ufrag or address) or that do not parse.
     pub unroutable: IntCounter,
-    /// Media frames forwarded to subscribers (one per subscriber).
-    pub frames_forwarded: IntCounter,
+    /// Media packets forwarded to subscribers (one per subscriber).
+    pub packets_forwarded: IntCounter,
     /// NACKs and PLIs/FIRs, by direction: `in` = received from subscribers, `out` = sent to
     /// publishers.
     pub nacks: IntCounterVec,
@@ -58,9 +58,9 @@ impl SfuMetrics {
                 "ting_sfu_unroutable_datagrams_total",
                 "Datagrams dropped: unknown sender or unparseable",
             )?,
-            frames_forwarded: IntCounter::new(
-                "ting_sfu_frames_forwarded_total",
-                "Media frames written to subscribers",
+            packets_forwarded: IntCounter::new(
+                "ting_sfu_packets_forwarded_total",
+                "Media RTP packets written to subscribers",
             )?,
             nacks: by_direction("ting_sfu_nacks_total", "RTCP NACKs")?,
             keyframe_requests: by_direction(
@@ -94,7 +94,7 @@ impl SfuMetrics {
         registry.register(Box::new(metrics.datagrams.clone()))?;
         registry.register(Box::new(metrics.bytes.clone()))?;
         registry.register(Box::new(metrics.unroutable.clone()))?;
-        registry.register(Box::new(metrics.frames_forwarded.clone()))?;
+        registry.register(Box::new(metrics.packets_forwarded.clone()))?;
         registry.register(Box::new(metrics.nacks.clone()))?;
         registry.register(Box::new(metrics.keyframe_requests.clone()))?;
         registry.register(Box::new(metrics.loss_ratio.clone()))?;

@@ -5,7 +5,9 @@
 //! [`Sfu::poll_output`] hands back transmits, events and the next timeout. As with str0m itself,
 //! after every call that changes state, drain `poll_output` until it returns a timeout.
 
+mod packet;
 mod peer;
+mod rewrite;
 mod track;
 
 use std::cmp::Reverse;
@@ -15,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rids};
+use str0m::format::PayloadParams;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rids};
 use str0m::net::{DatagramRecv, Protocol, Receive, TcpType, Transmit};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use ting_protocol::{ParticipantId, RoomId, TrackId, TrackKind};
 use tracing::{debug, trace};
@@ -26,9 +30,10 @@ use crate::layer::{VideoDemand, select_layers};
 use crate::loudest::LoudestSet;
 use crate::metrics::SfuMetrics;
 use crate::speaker::SpeakerDetector;
+use packet::VideoPacket;
 use peer::{Peer, Slot};
 pub use track::LayerKey;
-use track::{Track, vp8_keyframe_height};
+use track::Track;
 
 /// How often layer choices, speakers and bandwidth targets are re-evaluated.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
@@ -37,9 +42,13 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 32;
 /// Video packets kept per receiving m-line for retransmissions: over half a second of a 2.5
 /// Mbit/s top layer, seconds of the lower ones; enough for NACKs at a few hundred ms round trip.
-/// The buffer holds a copy of every packet: with str0m's default (1000) it was over a megabyte
-/// per stream once full, most of a receiver's memory in a large meeting (heaptrack).
-const SEND_BUFFER_VIDEO_PACKETS: usize = 150;
+/// Payloads are shared with every other receiver; each entry still holds its own header.
+const RESEND_BUFFER_PACKETS: usize = 150;
+/// Retransmissions are answered for packets up to this old.
+const RESEND_BUFFER_AGE: Duration = Duration::from_secs(3);
+/// Resends are dropped while they exceed this share of what a receiver is sent (str0m's
+/// default): a receiver on a lossy link must not be buried in retransmissions.
+const RESEND_RATIO_CAP: f32 = 0.15;
 /// At most one keyframe request per layer of a track in this interval.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// Bandwidth assumed for a receiver before its first estimate.
@@ -214,7 +223,9 @@ impl Sfu {
             .set_local_ice_credentials(creds.clone())
             .enable_bwe(Some(INITIAL_BANDWIDTH))
             .set_stats_interval(Some(Duration::from_secs(2)))
-            .set_send_buffer_video(SEND_BUFFER_VIDEO_PACKETS)
+            // Packets are forwarded as they come: no depacketizing and packetizing again per
+            // receiver, payloads shared by all of them.
+            .set_rtp_mode(true)
             .build(now);
         let hosts = self
             .config
@@ -257,7 +268,8 @@ impl Sfu {
                 published: HashMap::new(),
                 slots: HashMap::new(),
                 audio_slots: Vec::new(),
-                idle_timestamps: HashMap::new(),
+                idle_lines: HashMap::new(),
+                rx_routes: HashMap::new(),
                 bandwidth_bps: INITIAL_BANDWIDTH.as_u64(),
                 timeout: now,
                 dirty: false,
@@ -459,7 +471,7 @@ impl Sfu {
     }
 
     /// Points the receiver's m-line `mid` at a track (with the tile height it is shown at), or
-    /// at nothing. The m-line's RTP timestamps continue across sources.
+    /// at nothing. The m-line's numbering continues across sources.
     fn show(
         &mut self,
         participant: ParticipantId,
@@ -470,7 +482,7 @@ impl Sfu {
             return;
         };
         if let Some(old) = peer.slots.remove(&mid) {
-            peer.idle_timestamps.insert(mid, old.timestamps);
+            peer.idle_lines.insert(mid, old.line);
             if let Some(t) = self.tracks.get_mut(&old.track) {
                 t.subscribers.retain(|s| *s != (participant, mid));
             }
@@ -482,10 +494,9 @@ impl Sfu {
             return;
         };
         t.subscribers.push((participant, mid));
-        let mut timestamps = peer.idle_timestamps.remove(&mid).unwrap_or_default();
-        timestamps.source_changed();
-        peer.slots
-            .insert(mid, Slot::new(track, max_height, timestamps));
+        let mut line = peer.idle_lines.remove(&mid).unwrap_or_default();
+        line.source_changed();
+        peer.slots.insert(mid, Slot::new(track, max_height, line));
     }
 
     /// The first audio track a participant publishes.
@@ -594,7 +605,7 @@ impl Sfu {
             for (sub, mid) in subscribers {
                 if let Some(slot) = self.peers.get_mut(&sub).and_then(|p| p.slots.get_mut(&mid)) {
                     slot.current = None;
-                    slot.timestamps.source_changed();
+                    slot.line.source_changed();
                     let target = slot.target;
                     self.request_keyframe(track_id, target, KeyframeRequestKind::Pli);
                 }
@@ -698,7 +709,9 @@ impl Sfu {
         if let Err(e) = peer.rtc.handle_input(input) {
             debug!(participant = %participant, "input rejected: {e}");
         }
-        self.mark_dirty(participant);
+        // In RTP mode str0m holds one received packet until the next `poll_output`; the next
+        // datagram would overwrite it, so this peer is drained now.
+        self.drive(participant);
     }
 
     /// Time passed; drives every peer whose timer is due, and periodic housekeeping.
@@ -840,7 +853,7 @@ impl Sfu {
                 self.close(participant);
             }
             Event::Closed => self.close(participant),
-            Event::MediaData(data) => self.on_media(participant, data),
+            Event::RtpPacket(packet) => self.on_rtp(participant, packet),
             Event::KeyframeRequest(req) => {
                 self.metrics
                     .keyframe_requests
@@ -926,57 +939,73 @@ impl Sfu {
         }
     }
 
-    fn on_media(&mut self, publisher: ParticipantId, data: MediaData) {
-        let Some(peer) = self.peers.get(&publisher) else {
+    fn on_rtp(&mut self, publisher: ParticipantId, packet: RtpPacket) {
+        if packet.payload.is_empty() {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&publisher) else {
             return;
         };
-        let Some(&track_id) = peer.published.get(&data.mid) else {
+        let ssrc = packet.header.ssrc;
+        let (mid, layer) = match peer.rx_routes.get(&ssrc) {
+            Some(route) => *route,
+            None => {
+                let mut api = peer.rtc.direct_api();
+                let Some(stream) = api.stream_rx(&ssrc) else {
+                    return;
+                };
+                let route = (stream.mid(), stream.rid());
+                peer.rx_routes.insert(ssrc, route);
+                route
+            }
+        };
+        let Some(&track_id) = peer.published.get(&mid) else {
             return;
         };
         let Some(track) = self.tracks.get_mut(&track_id) else {
             return;
         };
-        let layer: LayerKey = data.rid;
-        let keyframe = data.is_keyframe();
-        let height = if keyframe {
-            vp8_keyframe_height(&data.data)
-        } else {
-            None
+        let pt = packet.header.payload_type;
+        let Some(params) = track.payload_params(pt, &peer.rtc) else {
+            trace!(publisher = %publisher, %pt, "payload type not negotiated");
+            return;
         };
-        track.record_frame(layer, data.data.len(), height, data.network_time);
         let kind = track.kind;
+        let video = if kind == MediaKind::Video {
+            VideoPacket::inspect(params.spec().codec, &packet.payload)
+        } else {
+            VideoPacket::default()
+        };
+        track.record_packet(layer, packet.payload.len(), video.height, packet.timestamp);
         if kind == MediaKind::Audio
-            && let Some(level) = data.ext_vals.audio_level
+            && let Some(level) = packet.header.ext_vals.audio_level
             && !track.muted
             && let Some(room) = self.rooms.get_mut(&peer.room)
         {
-            room.speakers.record(publisher, level, data.network_time);
+            room.speakers.record(publisher, level, packet.timestamp);
         }
         if track.muted {
             return;
         }
-        // Borrowed out for the loop and put back: no allocation per frame. `forward` never
+        // Borrowed out for the loop and put back: no allocation per packet. `forward` never
         // changes who subscribes.
         let subscribers = std::mem::take(&mut track.subscribers);
-        if kind == MediaKind::Video && !data.contiguous {
-            self.request_keyframe(track_id, layer, KeyframeRequestKind::Pli);
-        }
+        let incoming = Incoming {
+            packet: &packet,
+            params,
+            kind,
+            layer,
+            video,
+        };
         for &(subscriber, mid) in &subscribers {
-            self.forward(&data, kind, keyframe, subscriber, mid);
+            self.forward(&incoming, subscriber, mid);
         }
         if let Some(track) = self.tracks.get_mut(&track_id) {
             track.subscribers = subscribers;
         }
     }
 
-    fn forward(
-        &mut self,
-        data: &MediaData,
-        kind: MediaKind,
-        keyframe: bool,
-        subscriber: ParticipantId,
-        mid: Mid,
-    ) {
+    fn forward(&mut self, incoming: &Incoming, subscriber: ParticipantId, mid: Mid) {
         let Some(peer) = self.peers.get_mut(&subscriber) else {
             return;
         };
@@ -986,47 +1015,75 @@ impl Sfu {
         let Some(slot) = peer.slots.get_mut(&mid) else {
             return;
         };
-        let layer = data.rid;
-        if kind == MediaKind::Video && slot.current != Some(layer) {
-            // Switch layers (or start) only on a keyframe of the wanted layer.
-            if slot.target != layer || !keyframe {
+        let packet = incoming.packet;
+        let layer = incoming.layer;
+        if incoming.kind == MediaKind::Video && slot.current != Some(layer) {
+            // Switch layers (or start) only where a keyframe of the wanted layer begins.
+            if slot.target != layer || !incoming.video.keyframe_start {
                 return;
             }
             if slot.current.is_some() {
                 self.metrics.layer_switches.inc();
             }
             slot.current = Some(layer);
-            slot.timestamps.source_changed();
+            slot.line.source_changed();
         }
-        let time = slot.timestamps.rewrite(data.time, data.network_time);
-        if !slot.unpaced {
+        let Some(pt) = receiving_pt(slot, &peer.rtc, packet.header.payload_type, incoming.params)
+        else {
+            trace!(subscriber = %subscriber, "no matching codec on the receiving m-line");
+            return;
+        };
+        let Some(seq_no) = slot.line.sequence.rewrite(*packet.seq_no) else {
+            return;
+        };
+        let time = slot.line.timestamps.rewrite(packet.time, packet.timestamp);
+        let vp8_patch = incoming
+            .video
+            .vp8
+            .as_ref()
+            .and_then(|d| slot.line.pictures.rewrite(d));
+        let mut api = peer.rtc.direct_api();
+        let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        let video = incoming.kind == MediaKind::Video;
+        if video && !slot.unpaced {
             // Forwarded video was paced by the publisher's browser already. Pacing it again
             // costs a timer per packet per receiver (most of the CPU of a large meeting) and
             // adds delay; the bandwidth estimate still works from TWCC feedback, and probing
             // still goes through the pacer.
             slot.unpaced = true;
-            if let Some(stream) = peer.rtc.direct_api().stream_tx_by_mid(mid, None) {
-                stream.set_unpaced(true);
-            }
+            stream.set_unpaced(true);
+            stream.set_rtx_cache(
+                RESEND_BUFFER_PACKETS,
+                RESEND_BUFFER_AGE,
+                Some(RESEND_RATIO_CAP),
+            );
         }
-        let Some(writer) = peer.rtc.writer(mid) else {
-            return;
-        };
-        let Some(pt) = writer.match_params(data.params) else {
-            trace!(subscriber = %subscriber, "no matching codec on the receiving m-line");
-            return;
-        };
-        let writer = match (data.ext_vals.audio_level, data.ext_vals.voice_activity) {
-            (Some(level), vad) => writer.audio_level(level, vad.unwrap_or(false)),
-            _ => writer,
+        let source = &packet.header.ext_vals;
+        let ext_vals = ExtensionValues {
+            audio_level: source.audio_level,
+            voice_activity: source.voice_activity,
+            video_orientation: source.video_orientation,
+            ..ExtensionValues::default()
         };
         // The payload is an `Arc<[u8]>` shared by all subscribers; str0m copies it only into
-        // each receiver's encrypted packets.
-        if let Err(e) = writer.write(pt, data.network_time, time, data.data.clone()) {
-            debug!(subscriber = %subscriber, "write failed: {e}");
-            return;
+        // each receiver's encrypted packet.
+        let mut write = RtpWrite::new(
+            pt,
+            seq_no.into(),
+            time.numer() as u32,
+            packet.timestamp,
+            packet.payload.clone(),
+        )
+        .marker(packet.header.marker)
+        .ext_vals(ext_vals)
+        .nackable(video);
+        if let Some(patch) = vp8_patch {
+            write = write.vp8_patch(patch);
         }
-        self.metrics.frames_forwarded.inc();
+        stream.write_rtp(write);
+        self.metrics.packets_forwarded.inc();
         self.mark_dirty(subscriber);
     }
 
@@ -1044,13 +1101,13 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&owner) else {
             return;
         };
-        if let Some(mut writer) = peer.rtc.writer(mid)
-            && writer.is_request_keyframe_possible(kind)
-        {
-            if let Err(e) = writer.request_keyframe(layer, kind) {
-                debug!(track = %track_id, "keyframe request failed: {e}");
+        match peer.rtc.direct_api().stream_rx_by_mid(mid, layer) {
+            Some(stream) => {
+                stream.request_keyframe(kind);
+                self.mark_dirty(owner);
             }
-            self.mark_dirty(owner);
+            // The layer has not sent a packet yet; its keyframe comes with its first frames.
+            None => debug!(track = %track_id, ?layer, "no stream to ask for a keyframe"),
         }
     }
 
@@ -1065,7 +1122,7 @@ impl Sfu {
             if let Some(peer) = self.peers.get_mut(&subscriber)
                 && let Some(slot) = peer.slots.remove(&sub_mid)
             {
-                peer.idle_timestamps.insert(sub_mid, slot.timestamps);
+                peer.idle_lines.insert(sub_mid, slot.line);
             }
         }
     }
@@ -1197,6 +1254,28 @@ impl Sfu {
             self.request_keyframe(track, layer, KeyframeRequestKind::Pli);
         }
     }
+}
+
+/// One incoming packet on its way to the subscribers of its track.
+struct Incoming<'a> {
+    packet: &'a RtpPacket,
+    params: PayloadParams,
+    kind: MediaKind,
+    layer: LayerKey,
+    video: VideoPacket,
+}
+
+/// The receiver's payload type for the publisher's `pt` (payload types are negotiated per
+/// connection), remembered on the slot.
+fn receiving_pt(slot: &mut Slot, rtc: &Rtc, pt: Pt, params: PayloadParams) -> Option<Pt> {
+    if let Some((from, to)) = slot.payload_types
+        && from == pt
+    {
+        return Some(to);
+    }
+    let to = rtc.codec_config().match_params(params)?.pt();
+    slot.payload_types = Some((pt, to));
+    Some(to)
 }
 
 /// Whether the receiver's m-line `mid` exists, is of `kind`, and receives from the server.

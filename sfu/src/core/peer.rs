@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use str0m::Rtc;
-use str0m::media::{MediaTime, Mid};
+use str0m::media::{Mid, Pt};
+use str0m::rtp::Ssrc;
 use ting_protocol::{RoomId, TrackId};
 
+use super::rewrite::LineContinuity;
 use super::track::LayerKey;
 
 #[derive(Debug)]
@@ -20,9 +22,10 @@ pub struct Peer {
     pub slots: HashMap<Mid, Slot>,
     /// Receive m-lines the server fills with the room's loudest speakers (loudest-N).
     pub audio_slots: Vec<Mid>,
-    /// Timestamp lines of m-lines that show nothing right now, kept so the next source
-    /// continues them.
-    pub idle_timestamps: HashMap<Mid, TimestampRewriter>,
+    /// Numbering of m-lines that show nothing right now, kept so the next source continues it.
+    pub idle_lines: HashMap<Mid, LineContinuity>,
+    /// The publisher's incoming streams by SSRC: their m-line and simulcast layer.
+    pub rx_routes: HashMap<Ssrc, (Mid, LayerKey)>,
     /// Latest egress bandwidth estimate towards this peer.
     pub bandwidth_bps: u64,
     /// When str0m next wants `Input::Timeout`.
@@ -45,7 +48,11 @@ pub struct Slot {
     pub target: LayerKey,
     /// A higher layer the selector has asked for since the given time.
     upgrade: Option<(LayerKey, Instant)>,
-    pub timestamps: TimestampRewriter,
+    /// Sequence numbers, timestamps and VP8 picture ids of the m-line, continuous across
+    /// sources.
+    pub line: LineContinuity,
+    /// The publisher's payload type last seen and the receiver's matching one.
+    pub payload_types: Option<(Pt, Pt)>,
     /// Whether the m-line's send stream was switched to unpaced (see `Sfu::forward`).
     pub unpaced: bool,
 }
@@ -55,7 +62,7 @@ pub struct Slot {
 const UPGRADE_DELAY: Duration = Duration::from_millis(1500);
 
 impl Slot {
-    pub fn new(track: TrackId, max_height: Option<u32>, timestamps: TimestampRewriter) -> Self {
+    pub fn new(track: TrackId, max_height: Option<u32>, line: LineContinuity) -> Self {
         Self {
             track,
             max_height,
@@ -63,7 +70,8 @@ impl Slot {
             unpaced: false,
             target: None,
             upgrade: None,
-            timestamps,
+            line,
+            payload_types: None,
         }
     }
 
@@ -91,56 +99,14 @@ impl Slot {
     }
 }
 
-/// Keeps outgoing RTP timestamps continuous when the source behind an m-line changes (another
-/// simulcast layer or another track): each source has its own random timestamp base.
-#[derive(Debug, Default)]
-pub struct TimestampRewriter {
-    offset: i64,
-    last: Option<(u64, Instant)>,
-    anchored: bool,
-}
-
-impl TimestampRewriter {
-    /// The next frame comes from a different source; re-anchor on it.
-    pub fn source_changed(&mut self) {
-        self.anchored = false;
-    }
-
-    pub fn rewrite(&mut self, time: MediaTime, arrived: Instant) -> MediaTime {
-        let rate = u64::from(time.denom());
-        let incoming = time.numer() as i64;
-        if !self.anchored {
-            let expected = match self.last {
-                // Continue from the last written timestamp, advanced by the wall-clock gap.
-                Some((ts, at)) => {
-                    let gap = arrived.saturating_duration_since(at);
-                    let ticks = (gap.as_micros() as u64 * rate / 1_000_000).max(1);
-                    (ts + ticks) as i64
-                }
-                None => incoming,
-            };
-            self.offset = expected - incoming;
-            self.anchored = true;
-        }
-        let out = (incoming + self.offset).max(0) as u64;
-        self.last = Some((out, arrived));
-        MediaTime::new(out, time.frequency())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use str0m::media::Frequency;
-
-    fn t90(v: u64) -> MediaTime {
-        MediaTime::new(v, Frequency::NINETY_KHZ)
-    }
 
     #[test]
     fn layers_go_down_at_once_and_up_only_after_a_steady_request() {
         let keys = [Some("q".into()), Some("h".into()), Some("f".into())];
-        let mut slot = Slot::new(TrackId(1), None, TimestampRewriter::default());
+        let mut slot = Slot::new(TrackId(1), None, LineContinuity::default());
         let t0 = Instant::now();
         slot.retarget(&keys, 2, t0);
         assert_eq!(slot.target, keys[2], "the first choice applies at once");
@@ -154,26 +120,5 @@ mod tests {
         assert_eq!(slot.target, keys[0], "a changed wish restarts the wait");
         slot.retarget(&keys, 1, t0 + Duration::from_millis(2200));
         assert_eq!(slot.target, keys[1]);
-    }
-
-    #[test]
-    fn timestamps_stay_continuous_across_a_source_change() {
-        let mut ts = TimestampRewriter::default();
-        let t0 = Instant::now();
-        assert_eq!(ts.rewrite(t90(1000), t0).numer(), 1000);
-        assert_eq!(
-            ts.rewrite(t90(4000), t0 + Duration::from_millis(33))
-                .numer(),
-            4000
-        );
-        ts.source_changed();
-        // The new layer's clock is far away; 33 ms later we expect +2970 ticks.
-        let after = t0 + Duration::from_millis(66);
-        assert_eq!(ts.rewrite(t90(9_000_000), after).numer(), 4000 + 2970);
-        // And the following frame keeps the new source's spacing.
-        assert_eq!(
-            ts.rewrite(t90(9_003_000), after).numer(),
-            4000 + 2970 + 3000
-        );
     }
 }

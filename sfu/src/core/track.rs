@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use str0m::media::{MediaKind, Mid, Rid};
+use str0m::Rtc;
+use str0m::format::PayloadParams;
+use str0m::media::{MediaKind, Mid, Pt, Rid};
 use ting_protocol::ParticipantId;
 
 use crate::layer::LayerOption;
@@ -45,6 +47,8 @@ pub struct Track {
     /// Layers the publisher was last told to send.
     announced: Option<Vec<LayerKey>>,
     created: Instant,
+    /// The publisher's payload types seen on this track and their codecs.
+    payloads: Vec<(Pt, PayloadParams)>,
 }
 
 impl Track {
@@ -53,6 +57,7 @@ impl Track {
             wanted_at: Vec::new(),
             announced: None,
             created: now,
+            payloads: Vec::new(),
             owner,
             mid,
             kind,
@@ -63,8 +68,24 @@ impl Track {
         }
     }
 
-    /// Accounts one received frame to its layer.
-    pub fn record_frame(&mut self, key: LayerKey, bytes: usize, height: Option<u32>, now: Instant) {
+    /// The codec parameters of the publisher's payload type `pt`, if it negotiated it.
+    pub fn payload_params(&mut self, pt: Pt, publisher: &Rtc) -> Option<PayloadParams> {
+        if let Some((_, params)) = self.payloads.iter().find(|(p, _)| *p == pt) {
+            return Some(*params);
+        }
+        let params = *publisher.codec_config().find(|p| p.pt() == pt)?;
+        self.payloads.push((pt, params));
+        Some(params)
+    }
+
+    /// Accounts one received packet to its layer.
+    pub fn record_packet(
+        &mut self,
+        key: LayerKey,
+        bytes: usize,
+        height: Option<u32>,
+        now: Instant,
+    ) {
         let layer = match self.layers.iter_mut().position(|l| l.key == key) {
             Some(i) => &mut self.layers[i],
             None => {
@@ -218,31 +239,9 @@ fn rid_rank(key: &LayerKey) -> u8 {
     }
 }
 
-/// Frame height from a VP8 keyframe (RFC 6386 §9.1): 3-byte frame tag, start code
-/// 9d 01 2a, then 14-bit width and height.
-pub fn vp8_keyframe_height(frame: &[u8]) -> Option<u32> {
-    if frame.len() < 10 || frame[0] & 1 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
-        return None;
-    }
-    Some(u32::from(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vp8_keyframe_dimensions_are_read() {
-        // Keyframe tag, start code, width 640, height 360.
-        let frame = [
-            0x50, 0x2a, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01, 0, 0,
-        ];
-        assert_eq!(vp8_keyframe_height(&frame), Some(360));
-        let mut delta = frame;
-        delta[0] |= 1;
-        assert_eq!(vp8_keyframe_height(&delta), None);
-        assert_eq!(vp8_keyframe_height(&frame[..5]), None);
-    }
 
     #[test]
     fn keyframe_requests_are_rate_limited_per_layer() {
@@ -277,8 +276,8 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..=50u64 {
             let now = t0 + Duration::from_millis(i * 20);
-            t.record_frame(Some(Rid::from("f")), 4000, None, now);
-            t.record_frame(Some(Rid::from("q")), 400, None, now);
+            t.record_packet(Some(Rid::from("f")), 4000, None, now);
+            t.record_packet(Some(Rid::from("q")), 400, None, now);
         }
         let (keys, opts) = t.available_layers(t0 + Duration::from_millis(1000));
         assert_eq!(keys, vec![Some(Rid::from("q")), Some(Rid::from("f"))]);
