@@ -12,14 +12,15 @@
 mod core;
 mod demux;
 pub mod layer;
+mod loss_rate;
 pub mod loudest;
 mod metrics;
 pub mod shell;
 pub mod speaker;
 
 pub use crate::core::{
-    DEFAULT_MAX_SUBSCRIPTIONS, LayerKey, OfferAnswer, PublishRequest, Sfu, SfuConfig, SfuError,
-    SfuEvent, SfuOutput, SubscribeRequest,
+    DEFAULT_MAX_SUBSCRIPTIONS, LayerKey, OfferAnswer, PeerOptions, PublishRequest, Sfu, SfuConfig,
+    SfuError, SfuEvent, SfuOutput, SubscribeRequest,
 };
 pub use demux::{Demux, Route};
 pub use metrics::SfuMetrics;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use harness::{Net, count_keyframe_requests};
 use ting_protocol::TrackId;
-use ting_sfu::{DEFAULT_MAX_SUBSCRIPTIONS, SfuError, SfuEvent, SubscribeRequest};
+use ting_sfu::{DEFAULT_MAX_SUBSCRIPTIONS, PeerOptions, SfuError, SfuEvent, SubscribeRequest};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -147,8 +147,22 @@ fn a_muted_track_is_not_forwarded_until_unmuted() {
 
 #[test]
 fn a_receivers_layer_drops_with_its_bandwidth_and_recovers() {
+    layer_follows_bandwidth(PeerOptions::default());
+}
+
+#[test]
+fn without_a_bandwidth_estimator_a_viewers_layer_follows_its_loss() {
+    layer_follows_bandwidth(PeerOptions {
+        estimate_bandwidth: false,
+    });
+}
+
+/// A viewer gets the top layer on an ample link, the lowest while its link is narrow (and
+/// only that), and the top one again once the link widens.
+fn layer_follows_bandwidth(viewer_options: PeerOptions) {
     let mut net = Net::new();
     let publisher = net.add_peer(true, 0);
+    net.peer_options = viewer_options;
     let viewer = net.add_peer(false, 1);
     net.subscribe_to(viewer, &[publisher], None);
     let mid = net.peers[viewer].recv_video[0];

@@ -9,10 +9,12 @@ use std::time::Duration;
 use prometheus::Registry;
 use rand::Rng;
 use ting_protocol::{
-    ErrorCode, LeaveReason, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PublishedTrack,
+    ErrorCode, LeaveReason, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PublishedTrack, Role,
     RoomId, ServerMessage, Subscription, TrackId, TrackInfo, TrackKind, TrackSource,
 };
-use ting_sfu::{PublishRequest, SfuError, SfuEvent, ShardError, ShardRouter, SubscribeRequest};
+use ting_sfu::{
+    PeerOptions, PublishRequest, SfuError, SfuEvent, ShardError, ShardRouter, SubscribeRequest,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
@@ -216,7 +218,10 @@ impl Hub {
                 return Ok((id, 1));
             }
         }
-        self.0.sfu.add_peer(claims.room.clone(), id).await?;
+        self.0
+            .sfu
+            .add_peer(claims.room.clone(), id, media_options(claims.role))
+            .await?;
         let mut rooms = self.rooms();
         rooms.add(claims.room.clone(), member);
         let generation = match outbox {
@@ -739,4 +744,12 @@ fn not_joined() -> HubError {
 pub fn random_token() -> String {
     let bytes: [u8; 16] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How a participant's media connection is set up, by role: viewers, the receive-only crowd
+/// of a webinar, go without send-side bandwidth estimation (see `PeerOptions`).
+pub(crate) fn media_options(role: Role) -> PeerOptions {
+    PeerOptions {
+        estimate_bandwidth: role != Role::Viewer,
+    }
 }

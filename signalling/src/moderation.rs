@@ -328,7 +328,8 @@ impl Hub {
             let Some((room, member)) = hub.rooms().take_from_lobby(target) else {
                 return;
             };
-            if let Err(e) = hub.sfu().add_peer(room.clone(), target).await {
+            let options = crate::hub::media_options(member.info.role);
+            if let Err(e) = hub.sfu().add_peer(room.clone(), target, options).await {
                 member.send(ServerMessage::Error {
                     code: ErrorCode::Unavailable,
                     message: e.to_string(),

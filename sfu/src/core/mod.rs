@@ -27,6 +27,7 @@ use tracing::{debug, trace};
 
 use crate::demux::{Demux, Route, is_stun};
 use crate::layer::{VideoDemand, select_layers};
+use crate::loss_rate::LossBasedRate;
 use crate::loudest::LoudestSet;
 use crate::metrics::SfuMetrics;
 use crate::speaker::SpeakerDetector;
@@ -53,6 +54,8 @@ const RESEND_RATIO_CAP: f32 = 0.15;
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// Bandwidth assumed for a receiver before its first estimate.
 const INITIAL_BANDWIDTH: Bitrate = Bitrate::kbps(1_500);
+/// How often peers without a bandwidth estimator have their loss reports read.
+const LOSS_STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// Loudness bonus for a speaker an audio slot already carries (hysteresis per receiver).
 const STICKY_BONUS: f64 = 1.3;
 /// Audio receives this much of a receiver's bandwidth before video is allocated.
@@ -81,6 +84,23 @@ impl Default for SfuConfig {
             tcp_candidates: Vec::new(),
             loudest_n: 3,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+        }
+    }
+}
+
+/// How one participant's media connection is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerOptions {
+    /// Send-side bandwidth estimation towards the peer (TWCC feedback, probing, pacing). Off
+    /// for the receive-only crowd of a large meeting: it costs a timer per forwarded packet and
+    /// padding on the wire per receiver; their layer follows the loss they report instead.
+    pub estimate_bandwidth: bool,
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        Self {
+            estimate_bandwidth: true,
         }
     }
 }
@@ -209,6 +229,7 @@ impl Sfu {
         now: Instant,
         room: RoomId,
         participant: ParticipantId,
+        options: PeerOptions,
     ) -> Result<(), SfuError> {
         if self.peers.contains_key(&participant) {
             return Err(SfuError::DuplicateParticipant);
@@ -221,8 +242,13 @@ impl Sfu {
             .enable_vp8(true)
             .enable_h264(true)
             .set_local_ice_credentials(creds.clone())
-            .enable_bwe(Some(INITIAL_BANDWIDTH))
-            .set_stats_interval(Some(Duration::from_secs(2)))
+            .enable_bwe(options.estimate_bandwidth.then_some(INITIAL_BANDWIDTH))
+            // Without an estimator, loss reports are the only signal: read them every second.
+            .set_stats_interval(Some(if options.estimate_bandwidth {
+                Duration::from_secs(2)
+            } else {
+                LOSS_STATS_INTERVAL
+            }))
             // Packets are forwarded as they come: no depacketizing and packetizing again per
             // receiver, payloads shared by all of them.
             .set_rtp_mode(true)
@@ -271,6 +297,8 @@ impl Sfu {
                 idle_lines: HashMap::new(),
                 rx_routes: HashMap::new(),
                 bandwidth_bps: INITIAL_BANDWIDTH.as_u64(),
+                loss_rate: (!options.estimate_bandwidth)
+                    .then(|| LossBasedRate::new(INITIAL_BANDWIDTH.as_u64())),
                 timeout: now,
                 dirty: false,
                 stats_seen: HashMap::new(),
@@ -709,9 +737,14 @@ impl Sfu {
         if let Err(e) = peer.rtc.handle_input(input) {
             debug!(participant = %participant, "input rejected: {e}");
         }
-        // In RTP mode str0m holds one received packet until the next `poll_output`; the next
-        // datagram would overwrite it, so this peer is drained now.
-        self.drive(participant);
+        if is_rtp(datagram) {
+            // In RTP mode str0m holds one received packet until the next `poll_output`; the
+            // next datagram would overwrite it, so this peer is drained now.
+            self.drive(participant);
+        } else {
+            // RTCP, STUN, DTLS: several from one peer in a batch cost one drive.
+            self.mark_dirty(participant);
+        }
     }
 
     /// Time passed; drives every peer whose timer is due, and periodic housekeeping.
@@ -930,6 +963,17 @@ impl Sfu {
                 .inc_by(keyframe_requests.saturating_sub(seen.1));
         }
         *seen = (nacks.max(seen.0), keyframe_requests.max(seen.1));
+        // Loss on a video m-line the peer receives moves its loss-based rate (if it has one).
+        if !ingress
+            && let (Some(loss), Some(rate)) = (loss, peer.loss_rate.as_mut())
+            && peer
+                .slots
+                .get(&mid)
+                .and_then(|slot| self.tracks.get(&slot.track))
+                .is_some_and(|track| track.kind == MediaKind::Video)
+        {
+            peer.bandwidth_bps = rate.on_report(loss, self.now);
+        }
         if let Some(loss) = loss {
             let direction = if ingress { "in" } else { "out" };
             self.metrics
@@ -1245,7 +1289,7 @@ impl Sfu {
                 keyframes_needed.push((track, slot.target));
             }
         }
-        if desired_bps > 0 {
+        if desired_bps > 0 && peer.loss_rate.is_none() {
             let minimum = Bitrate::bps(current_bps + audio_bps);
             let desired = Bitrate::bps(desired_bps + audio_bps).max(minimum);
             peer.rtc.bwe().set_bitrate(minimum, desired);
@@ -1253,6 +1297,15 @@ impl Sfu {
         for (track, layer) in keyframes_needed {
             self.request_keyframe(track, layer, KeyframeRequestKind::Pli);
         }
+    }
+}
+
+/// RTP as opposed to RTCP (RFC 5761 §4): version 2, and a second byte outside the RTCP
+/// packet types 192–223.
+fn is_rtp(datagram: &[u8]) -> bool {
+    match datagram {
+        [first, second, ..] => first >> 6 == 2 && !(192..=223).contains(second),
+        _ => false,
     }
 }
 

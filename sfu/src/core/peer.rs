@@ -10,6 +10,7 @@ use ting_protocol::{RoomId, TrackId};
 
 use super::rewrite::LineContinuity;
 use super::track::LayerKey;
+use crate::loss_rate::LossBasedRate;
 
 #[derive(Debug)]
 pub struct Peer {
@@ -28,6 +29,8 @@ pub struct Peer {
     pub rx_routes: HashMap<Ssrc, (Mid, LayerKey)>,
     /// Latest egress bandwidth estimate towards this peer.
     pub bandwidth_bps: u64,
+    /// For peers without send-side estimation: the rate judged from their loss reports.
+    pub loss_rate: Option<LossBasedRate>,
     /// When str0m next wants `Input::Timeout`.
     pub timeout: Instant,
     /// Queued for `poll_output` draining.

@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::core::{
-    OfferAnswer, PublishRequest, Sfu, SfuConfig, SfuError, SfuEvent, SfuOutput, SubscribeRequest,
+    OfferAnswer, PeerOptions, PublishRequest, Sfu, SfuConfig, SfuError, SfuEvent, SfuOutput,
+    SubscribeRequest,
 };
 use crate::metrics::SfuMetrics;
 
@@ -34,6 +35,7 @@ enum Command {
     AddPeer {
         room: RoomId,
         participant: ParticipantId,
+        options: PeerOptions,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
     Offer {
@@ -100,10 +102,12 @@ impl SfuHandle {
         &self,
         room: RoomId,
         participant: ParticipantId,
+        options: PeerOptions,
     ) -> Result<(), ShardError> {
         self.call(|reply| Command::AddPeer {
             room,
             participant,
+            options,
             reply,
         })
         .await
@@ -378,9 +382,10 @@ fn apply(sfu: &mut Sfu, command: Command) {
         Command::AddPeer {
             room,
             participant,
+            options,
             reply,
         } => {
-            let _ = reply.send(sfu.add_peer(now, room, participant));
+            let _ = reply.send(sfu.add_peer(now, room, participant, options));
         }
         Command::Offer {
             participant,

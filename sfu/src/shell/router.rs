@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ting_protocol::{ParticipantId, RoomId, TrackId};
 
 use super::{SfuHandle, ShardError};
-use crate::core::{OfferAnswer, PublishRequest, SfuError, SubscribeRequest};
+use crate::core::{OfferAnswer, PeerOptions, PublishRequest, SfuError, SubscribeRequest};
 
 /// The shard (of `shards`) that carries `room`. Stable across runs and nodes.
 pub fn shard_of_room(room: &RoomId, shards: usize) -> usize {
@@ -59,11 +59,12 @@ impl ShardRouter {
         &self,
         room: RoomId,
         participant: ParticipantId,
+        options: PeerOptions,
     ) -> Result<(), ShardError> {
         let index = shard_of_room(&room, self.shards.len());
         self.placement().insert(participant, index);
         let result = match self.shards.get(index) {
-            Some(shard) => shard.add_peer(room, participant).await,
+            Some(shard) => shard.add_peer(room, participant, options).await,
             None => Err(ShardError::Stopped),
         };
         if result.is_err() {

@@ -16,7 +16,9 @@ use str0m::media::{
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use ting_protocol::{ParticipantId, RoomId, TrackId, TrackKind};
-use ting_sfu::{PublishRequest, Sfu, SfuConfig, SfuEvent, SfuMetrics, SfuOutput, SubscribeRequest};
+use ting_sfu::{
+    PeerOptions, PublishRequest, Sfu, SfuConfig, SfuEvent, SfuMetrics, SfuOutput, SubscribeRequest,
+};
 
 pub const SFU_ADDR: &str = "10.0.0.1:7882";
 const TICK: Duration = Duration::from_millis(2);
@@ -92,6 +94,8 @@ pub struct Net {
     next_track: u64,
     /// Video codec the peers added from now on use.
     pub video_codec: Codec,
+    /// How the SFU sets up the media connections of peers added from now on.
+    pub peer_options: PeerOptions,
     /// Bytes delivered to each peer, for bandwidth checks.
     pub delivered_bytes: HashMap<SocketAddr, u64>,
     pub dropped: u64,
@@ -124,6 +128,7 @@ impl Net {
             in_flight: Vec::new(),
             next_track: 1,
             video_codec: Codec::Vp8,
+            peer_options: PeerOptions::default(),
             delivered_bytes: HashMap::new(),
             dropped: 0,
         }
@@ -187,7 +192,9 @@ impl Net {
             });
         }
         let room = RoomId::new("test").unwrap();
-        self.sfu.add_peer(self.now, room, id).unwrap();
+        self.sfu
+            .add_peer(self.now, room, id, self.peer_options)
+            .unwrap();
         let answer = self
             .sfu
             .accept_offer(self.now, id, &offer.to_sdp_string(), &publish_list)
