@@ -79,10 +79,18 @@ mod tests {
         for n in 0..100 {
             rate.on_report(1.0, second(n));
         }
-        assert_eq!(rate.on_report(0.05, second(100)), MIN_BPS, "never below the floor");
+        assert_eq!(
+            rate.on_report(0.05, second(100)),
+            MIN_BPS,
+            "never below the floor"
+        );
         for n in 101..300 {
             rate.on_report(0.0, second(n));
         }
-        assert_eq!(rate.on_report(0.05, second(300)), MAX_BPS, "never above the ceiling");
+        assert_eq!(
+            rate.on_report(0.05, second(300)),
+            MAX_BPS,
+            "never above the ceiling"
+        );
     }
 }
