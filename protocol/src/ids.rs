@@ -45,15 +45,19 @@ impl fmt::Display for RoomIdError {
 
 impl std::error::Error for RoomIdError {}
 
+/// 1–64 characters of letters, digits, `-`, `_` and `.`, and not a path step (`.`, `..`).
+fn is_safe_name(name: &str) -> bool {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(valid_char)
+        && name != "."
+        && name != ".."
+}
+
 impl RoomId {
     pub fn new(name: &str) -> Result<Self, RoomIdError> {
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name.chars().all(valid_char)
-            && name != "."
-            && name != "..";
-        if valid {
+        if is_safe_name(name) {
             Ok(Self(name.to_owned()))
         } else {
             Err(RoomIdError)
@@ -78,6 +82,51 @@ impl<'de> Deserialize<'de> for RoomId {
     }
 }
 
+/// A `ting` process in a cluster, named by its operator (`--node-id`); the same name rules as
+/// a room, since it appears in Redis keys, URLs and log lines.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct NodeId(String);
+
+/// Why a string is not a valid [`NodeId`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdError;
+
+impl fmt::Display for NodeIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("node ids are 1-64 characters of letters, digits, '-', '_' and '.'")
+    }
+}
+
+impl std::error::Error for NodeIdError {}
+
+impl NodeId {
+    pub fn new(name: &str) -> Result<Self, NodeIdError> {
+        if is_safe_name(name) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(NodeIdError)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        NodeId::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +139,15 @@ mod tests {
         assert_eq!(RoomId::new("a/b"), Err(RoomIdError));
         assert_eq!(RoomId::new("tür"), Err(RoomIdError));
         assert_eq!(RoomId::new(&"x".repeat(65)), Err(RoomIdError));
+    }
+
+    #[test]
+    fn node_ids_follow_the_room_name_rules() {
+        assert!(NodeId::new("sfu-1.eu").is_ok());
+        for bad in ["", "..", "a:b", "node/1", &"n".repeat(65)] {
+            assert_eq!(NodeId::new(bad), Err(NodeIdError), "{bad:?}");
+        }
+        assert!(serde_json::from_str::<NodeId>("\"a b\"").is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 mod ids;
 mod signal;
 
-pub use ids::{ParticipantId, RoomId, RoomIdError, TrackId};
+pub use ids::{NodeId, NodeIdError, ParticipantId, RoomId, RoomIdError, TrackId};
 pub use signal::{
     ClientMessage, Departure, ErrorCode, LeaveReason, ModerationAction, ParticipantInfo,
     PublishedTrack, Role, RoomSettings, ServerMessage, Subscription, TrackInfo, TrackKind,

@@ -6,6 +6,7 @@
 //! listener and passes a shutdown future to [`serve`]. Invariant: room state is only changed
 //! under the hub's mutex, and no lock is held across an await.
 
+pub mod cluster;
 mod http;
 mod hub;
 mod metrics;

@@ -1,0 +1,114 @@
+//! Cluster state in this process: the embedded default (one node) and the reference the Redis
+//! implementation is tested against.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ting_protocol::{NodeId, ParticipantId, RoomId};
+
+use super::{ClusterError, ClusterState, NodeStatus};
+
+#[derive(Debug, Default)]
+pub struct MemoryCluster {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Each node's last status and when it expires.
+    nodes: HashMap<NodeId, (NodeStatus, Instant)>,
+    /// Participants live exactly as long as their node.
+    participants: HashMap<ParticipantId, (NodeId, RoomId)>,
+}
+
+impl Inner {
+    fn prune(&mut self, now: Instant) {
+        self.nodes.retain(|_, (_, expires)| *expires > now);
+        let nodes = &self.nodes;
+        self.participants
+            .retain(|_, (node, _)| nodes.contains_key(node));
+    }
+}
+
+impl MemoryCluster {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.prune(Instant::now());
+        inner
+    }
+}
+
+#[async_trait]
+impl ClusterState for MemoryCluster {
+    async fn heartbeat(&self, status: &NodeStatus, ttl: Duration) -> Result<(), ClusterError> {
+        let expires = Instant::now() + ttl;
+        self.lock()
+            .nodes
+            .insert(status.id.clone(), (status.clone(), expires));
+        Ok(())
+    }
+
+    async fn deregister(&self, node: &NodeId) -> Result<(), ClusterError> {
+        let mut inner = self.lock();
+        inner.nodes.remove(node);
+        inner.participants.retain(|_, (n, _)| n != node);
+        Ok(())
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeStatus>, ClusterError> {
+        let mut nodes: Vec<NodeStatus> =
+            self.lock().nodes.values().map(|(s, _)| s.clone()).collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+
+    async fn place_participant(
+        &self,
+        participant: ParticipantId,
+        room: &RoomId,
+        node: &NodeId,
+        _ttl: Duration,
+    ) -> Result<(), ClusterError> {
+        self.lock()
+            .participants
+            .insert(participant, (node.clone(), room.clone()));
+        Ok(())
+    }
+
+    async fn remove_participant(
+        &self,
+        participant: ParticipantId,
+        node: &NodeId,
+    ) -> Result<(), ClusterError> {
+        let mut inner = self.lock();
+        if inner
+            .participants
+            .get(&participant)
+            .is_some_and(|(n, _)| n == node)
+        {
+            inner.participants.remove(&participant);
+        }
+        Ok(())
+    }
+
+    async fn node_of(&self, participant: ParticipantId) -> Result<Option<NodeId>, ClusterError> {
+        Ok(self
+            .lock()
+            .participants
+            .get(&participant)
+            .map(|(node, _)| node.clone()))
+    }
+
+    async fn room_nodes(&self, room: &RoomId) -> Result<Vec<NodeId>, ClusterError> {
+        let nodes: BTreeSet<NodeId> = self
+            .lock()
+            .participants
+            .values()
+            .filter(|(_, r)| r == room)
+            .map(|(n, _)| n.clone())
+            .collect();
+        Ok(nodes.into_iter().collect())
+    }
+}

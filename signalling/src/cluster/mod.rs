@@ -1,0 +1,84 @@
+//! Cluster state: which `ting` nodes are alive and how loaded, where each participant's media
+//! is, and which nodes host a room. Behind one trait, with an in-memory implementation for the
+//! embedded default and a Redis one for cluster mode.
+//!
+//! Everything a node publishes lives only as long as its heartbeats: a node that dies (or is
+//! cut off) disappears from the registry, the room directory and the participant map within
+//! one TTL, without anybody cleaning up after it.
+
+mod memory;
+mod placement;
+mod redis_store;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use ting_protocol::{NodeId, ParticipantId, RoomId};
+
+pub use memory::MemoryCluster;
+pub use placement::select_node;
+pub use redis_store::RedisCluster;
+
+/// What a node tells the cluster about itself with every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    /// Where the node runs (a data centre or site); participants are placed in their own.
+    pub region: String,
+    /// Base URL of the node's HTTP and WebSocket endpoint, as clients reach it.
+    pub http_url: String,
+    /// Where other nodes reach its media relay.
+    pub relay_addr: Option<SocketAddr>,
+    /// Participants whose media it carries now.
+    pub participants: u32,
+    /// Most participants it takes.
+    pub capacity: u32,
+    /// Finishing its meetings before an upgrade: no new participants.
+    pub draining: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster store unavailable: {0}")]
+    Unavailable(String),
+    #[error("corrupt cluster record: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait ClusterState: Send + Sync {
+    /// Publishes the node's status and renews everything it holds (its participants, its rooms)
+    /// for `ttl`. A node calls this at a fraction of `ttl`.
+    async fn heartbeat(&self, status: &NodeStatus, ttl: Duration) -> Result<(), ClusterError>;
+
+    /// Removes the node and what it holds at once (a clean shutdown).
+    async fn deregister(&self, node: &NodeId) -> Result<(), ClusterError>;
+
+    /// Nodes whose last heartbeat has not expired, in id order.
+    async fn live_nodes(&self) -> Result<Vec<NodeStatus>, ClusterError>;
+
+    /// Records that `node` carries the participant's media, in `room`. Lives as long as the
+    /// node's heartbeats.
+    async fn place_participant(
+        &self,
+        participant: ParticipantId,
+        room: &RoomId,
+        node: &NodeId,
+        ttl: Duration,
+    ) -> Result<(), ClusterError>;
+
+    /// Forgets a participant placed on `node` (it left).
+    async fn remove_participant(
+        &self,
+        participant: ParticipantId,
+        node: &NodeId,
+    ) -> Result<(), ClusterError>;
+
+    /// The node carrying the participant's media, if any live node does.
+    async fn node_of(&self, participant: ParticipantId) -> Result<Option<NodeId>, ClusterError>;
+
+    /// The live nodes carrying participants of `room`, in id order.
+    async fn room_nodes(&self, room: &RoomId) -> Result<Vec<NodeId>, ClusterError>;
+}
