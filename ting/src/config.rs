@@ -8,11 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
+use ting_protocol::NodeId;
 use ting_sfu::DEFAULT_MAX_SUBSCRIPTIONS;
 
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 pub const DEFAULT_UDP_PORT: u16 = 7882;
 pub const DEFAULT_TCP_PORT: u16 = 7881;
+/// Participants one node takes in cluster mode unless configured.
+pub const DEFAULT_NODE_CAPACITY: u32 = 1000;
 
 /// Flags shared by commands that need the token secret.
 #[derive(Debug, Clone, Args, Default)]
@@ -66,6 +69,21 @@ pub struct ServeArgs {
     /// the shard's index); rooms are spread over them. Default: one per core.
     #[arg(long, env = "TING_SHARDS")]
     pub shards: Option<usize>,
+    /// Cluster mode: the Redis that joins this node to the others (`redis://host:6379`).
+    #[arg(long = "redis", env = "TING_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of this cluster's Redis keys (several clusters may share one Redis).
+    #[arg(long, env = "TING_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// This node's name in the cluster (letters, digits, '-', '_', '.'); needed with --redis.
+    #[arg(long, env = "TING_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Where this node runs; participants are placed on nodes of their own region first.
+    #[arg(long, env = "TING_REGION")]
+    pub region: Option<String>,
+    /// Most participants this node takes before the cluster places people elsewhere.
+    #[arg(long, env = "TING_NODE_CAPACITY")]
+    pub node_capacity: Option<u32>,
 }
 
 /// The TOML file; every key is optional.
@@ -87,6 +105,11 @@ pub struct FileConfig {
     pub loudest_n: Option<usize>,
     pub max_subscriptions: Option<usize>,
     pub shards: Option<usize>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: Option<String>,
+    pub node_id: Option<String>,
+    pub region: Option<String>,
+    pub node_capacity: Option<u32>,
 }
 
 impl FileConfig {
@@ -98,6 +121,16 @@ impl FileConfig {
             .with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
+}
+
+/// Cluster mode: how this node joins the others through Redis.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub redis_url: String,
+    pub key_prefix: String,
+    pub node_id: NodeId,
+    pub region: String,
+    pub capacity: u32,
 }
 
 /// Everything `ting serve` needs, resolved.
@@ -116,6 +149,8 @@ pub struct ServeConfig {
     pub loudest_n: usize,
     pub max_subscriptions: usize,
     pub shards: usize,
+    /// `None`: the embedded default, a cluster of one with its state in memory.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl ServeConfig {
@@ -123,7 +158,9 @@ impl ServeConfig {
         let file = FileConfig::load(args.common.config.as_deref())?;
         let data_dir = resolve_data_dir(&args.common, &file);
         let token_secret = resolve_secret(&args.common, &file, &data_dir)?;
+        let cluster = resolve_cluster(args, &file)?;
         Ok(Self {
+            cluster,
             token_secret,
             http_port: args
                 .http_port
@@ -161,6 +198,38 @@ impl ServeConfig {
             data_dir,
         })
     }
+}
+
+fn resolve_cluster(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Option<ClusterConfig>> {
+    let Some(redis_url) = args.redis_url.clone().or_else(|| file.redis_url.clone()) else {
+        return Ok(None);
+    };
+    let node_id = args
+        .node_id
+        .clone()
+        .or_else(|| file.node_id.clone())
+        .context("cluster mode (--redis) needs a node id: --node-id or TING_NODE_ID")?;
+    let node_id =
+        NodeId::new(&node_id).map_err(|e| anyhow::anyhow!("--node-id {node_id:?}: {e}"))?;
+    Ok(Some(ClusterConfig {
+        redis_url,
+        key_prefix: args
+            .redis_prefix
+            .clone()
+            .or_else(|| file.redis_prefix.clone())
+            .unwrap_or_else(|| "ting".into()),
+        node_id,
+        region: args
+            .region
+            .clone()
+            .or_else(|| file.region.clone())
+            .unwrap_or_else(|| "default".into()),
+        capacity: args
+            .node_capacity
+            .or(file.node_capacity)
+            .unwrap_or(DEFAULT_NODE_CAPACITY)
+            .max(1),
+    }))
 }
 
 pub fn resolve_data_dir(common: &CommonArgs, file: &FileConfig) -> PathBuf {
@@ -249,6 +318,50 @@ mod tests {
             .as_ref()
             .map(|c| (c.http_port, c.udp_port, c.quick_start, c.token_secret.len()));
         assert_eq!(config, Ok((7000, 9001, false, 16)));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn cluster_mode_needs_a_valid_node_id() {
+        let dir = std::env::temp_dir().join(format!("ting-config-cluster-{}", std::process::id()));
+        let args = |node_id: Option<&str>| ServeArgs {
+            common: CommonArgs {
+                data_dir: Some(dir.clone()),
+                token_secret: Some("0123456789abcdef".into()),
+                ..Default::default()
+            },
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            node_id: node_id.map(String::from),
+            ..Default::default()
+        };
+        let error = |node_id| {
+            ServeConfig::resolve(&args(node_id))
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(error(None).is_some_and(|e| e.contains("--node-id")));
+        assert!(error(Some("a/b")).is_some_and(|e| e.contains("node ids are")));
+        let config = ServeConfig::resolve(&args(Some("sfu-1"))).map_err(|e| e.to_string());
+        let cluster = config.as_ref().map(|c| c.cluster.clone());
+        let summary =
+            cluster.map(|c| c.map(|c| (c.node_id.to_string(), c.key_prefix, c.region, c.capacity)));
+        assert_eq!(
+            summary,
+            Ok(Some((
+                "sfu-1".into(),
+                "ting".into(),
+                "default".into(),
+                DEFAULT_NODE_CAPACITY
+            )))
+        );
+        let embedded = ServeConfig::resolve(&ServeArgs {
+            redis_url: None,
+            ..args(None)
+        });
+        assert!(
+            embedded.is_ok_and(|c| c.cluster.is_none()),
+            "no Redis: the embedded default"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

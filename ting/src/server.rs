@@ -7,8 +7,10 @@ use anyhow::Context;
 use prometheus::Registry;
 use ting_sfu::{SfuConfig, SfuMetrics, ShardRouter, ShardSockets, spawn_shard};
 use ting_signalling::{Hub, SignallingConfig, TokenKeys};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cluster::Membership;
 use crate::config::ServeConfig;
 
 /// A started server: where it listens, and the task that ends when it has shut down.
@@ -138,8 +140,26 @@ pub async fn start(
         .await
         .with_context(|| format!("binding HTTP port {}", config.http_port))?;
     let http_addr = listener.local_addr()?;
+    let membership = match &config.cluster {
+        Some(cluster) => {
+            // Clients reach this node where its media is: the first host candidate's address.
+            let advertised = SocketAddr::new(
+                media_addrs.first().map_or(http_addr.ip(), |a| a.ip()),
+                http_addr.port(),
+            );
+            Some(Membership::join(cluster, advertised, sfu_metrics.peers.clone()).await?)
+        }
+        None => None,
+    };
+    let (stop_heartbeats, stopped) = watch::channel(false);
+    let heartbeats = membership.map(|m| m.spawn_heartbeats(stopped));
     let task = tokio::spawn(async move {
-        ting_signalling::serve(listener, hub, shutdown).await?;
+        let served = ting_signalling::serve(listener, hub, shutdown).await;
+        let _ = stop_heartbeats.send(true);
+        if let Some(heartbeats) = heartbeats {
+            let _ = heartbeats.await;
+        }
+        served?;
         Ok(())
     });
     Ok(Running {

@@ -60,6 +60,19 @@ impl TestServer {
 
     /// A server with `shards` media shards (rooms spread over them).
     pub async fn start_with_shards(resume_grace: Duration, shards: usize) -> Self {
+        Self::start_configured(resume_grace, shards, None).await
+    }
+
+    /// A node of a cluster joined through Redis.
+    pub async fn start_in_cluster(cluster: ting::config::ClusterConfig) -> Self {
+        Self::start_configured(Duration::from_secs(5), 1, Some(cluster)).await
+    }
+
+    async fn start_configured(
+        resume_grace: Duration,
+        shards: usize,
+        cluster: Option<ting::config::ClusterConfig>,
+    ) -> Self {
         let dir = temp_dir("server");
         let config = ServeConfig {
             data_dir: dir.0.clone(),
@@ -74,6 +87,7 @@ impl TestServer {
             loudest_n: 3,
             max_subscriptions: ting_sfu::DEFAULT_MAX_SUBSCRIPTIONS,
             shards,
+            cluster,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let running = ting::server::start(config, async move {

@@ -1,0 +1,95 @@
+//! Cluster mode: this node's membership in the shared Redis. It registers at start-up (a node
+//! that cannot reach Redis does not start), renews its entry every second with its current
+//! load, and deregisters when it shuts down cleanly; a node that dies simply stops renewing
+//! and expires after [`HEARTBEAT_TTL`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus::IntGauge;
+use ting_signalling::cluster::{ClusterState, NodeStatus, RedisCluster};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::ClusterConfig;
+
+/// How long a node counts as alive after its last heartbeat.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+/// How often a node renews its entry: three chances per TTL.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Membership {
+    store: RedisCluster,
+    status: NodeStatus,
+    participants: IntGauge,
+}
+
+impl Membership {
+    /// Connects to the cluster's Redis and registers this node.
+    pub async fn join(
+        config: &ClusterConfig,
+        http_addr: SocketAddr,
+        participants: IntGauge,
+    ) -> anyhow::Result<Self> {
+        let store = RedisCluster::connect(&config.redis_url, &config.key_prefix)
+            .await
+            .with_context(|| {
+                format!("connecting to the cluster's Redis at {}", config.redis_url)
+            })?;
+        let membership = Self {
+            store,
+            status: NodeStatus {
+                id: config.node_id.clone(),
+                region: config.region.clone(),
+                http_url: format!("http://{http_addr}"),
+                relay_addr: None,
+                participants: 0,
+                capacity: config.capacity,
+                draining: false,
+            },
+            participants,
+        };
+        membership
+            .beat()
+            .await
+            .context("registering this node in the cluster")?;
+        info!(node = %config.node_id, region = %config.region, "joined the cluster");
+        Ok(membership)
+    }
+
+    async fn beat(&self) -> anyhow::Result<()> {
+        let mut status = self.status.clone();
+        status.participants = u32::try_from(self.participants.get().max(0)).unwrap_or(u32::MAX);
+        self.store.heartbeat(&status, HEARTBEAT_TTL).await?;
+        Ok(())
+    }
+
+    /// Renews the entry until `stop` turns true, then deregisters. Failed heartbeats (Redis
+    /// restarting) are logged and retried: the node re-registers with the next one that works.
+    pub fn spawn_heartbeats(self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {
+                        if let Err(e) = self.beat().await {
+                            warn!("cluster heartbeat failed: {e:#}");
+                        }
+                    }
+                    changed = stop.changed() => {
+                        if changed.is_err() || *stop.borrow() {
+                            break;
+                        }
+                    }
+                }
+            }
+            match self.store.deregister(&self.status.id).await {
+                Ok(()) => info!(node = %self.status.id, "left the cluster"),
+                Err(e) => warn!("leaving the cluster: {e}; the entry expires by itself"),
+            }
+        })
+    }
+}

@@ -1,0 +1,120 @@
+//! `ting serve --redis … --node-id …`: nodes register in a real Redis with their address and
+//! load, keep their entry fresh, and leave it when they shut down.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, TestServer};
+use ting::config::ClusterConfig;
+use ting_protocol::{NodeId, Role};
+use ting_signalling::cluster::{ClusterState, NodeStatus, RedisCluster};
+
+fn redis_url() -> String {
+    std::env::var("TING_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn node(prefix: &str, id: &str) -> ClusterConfig {
+    ClusterConfig {
+        redis_url: redis_url(),
+        key_prefix: prefix.into(),
+        node_id: NodeId::new(id).unwrap(),
+        region: "eu-test".into(),
+        capacity: 50,
+    }
+}
+
+async fn wait_for(
+    store: &RedisCluster,
+    what: &str,
+    done: impl Fn(&[NodeStatus]) -> bool,
+) -> Vec<NodeStatus> {
+    let start = Instant::now();
+    loop {
+        let nodes = store.live_nodes().await.unwrap();
+        if done(&nodes) {
+            return nodes;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{what}: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_register_report_their_load_and_leave() {
+    let prefix = format!("ting-test:nodes:{:x}", rand::random::<u64>());
+    let store = RedisCluster::connect(&redis_url(), &prefix).await.unwrap();
+    let one = TestServer::start_in_cluster(node(&prefix, "node-1")).await;
+    let two = TestServer::start_in_cluster(node(&prefix, "node-2")).await;
+
+    let nodes = store.live_nodes().await.unwrap();
+    let ids: Vec<String> = nodes.iter().map(|n| n.id.to_string()).collect();
+    assert_eq!(ids, ["node-1", "node-2"], "registered before serving");
+    assert_eq!(nodes[0].http_url, format!("http://{}", one.http));
+    assert_eq!(nodes[1].http_url, format!("http://{}", two.http));
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.region == "eu-test" && n.capacity == 50 && !n.draining)
+    );
+    assert!(nodes.iter().all(|n| n.participants == 0));
+
+    // Two people join node-1: its next heartbeats carry the load.
+    let (_alice, _) = Client::join(&one, &one.token("r1", "alice", Role::Speaker)).await;
+    let (_bob, _) = Client::join(&one, &one.token("r1", "bob", Role::Viewer)).await;
+    wait_for(&store, "node-1 reports two participants", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n.id.as_str() == "node-1" && n.participants == 2)
+    })
+    .await;
+
+    // A clean shutdown leaves the cluster at once, not after the TTL.
+    two.shutdown().await;
+    let ids: Vec<String> = store
+        .live_nodes()
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.id.to_string())
+        .collect();
+    assert_eq!(ids, ["node-1"]);
+    one.shutdown().await;
+    assert!(store.live_nodes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_node_that_cannot_reach_redis_does_not_start() {
+    let mut config = node("ting-test:unreachable", "node-x");
+    config.redis_url = "redis://127.0.0.1:1/".into();
+    let dir = common::temp_dir("unreachable");
+    let serve = ting::config::ServeConfig {
+        data_dir: dir.0.clone(),
+        token_secret: common::SECRET.as_bytes().to_vec(),
+        http_port: 0,
+        udp_port: 0,
+        tcp_port: None,
+        bind: std::net::IpAddr::from([127, 0, 0, 1]),
+        public_ips: vec![],
+        quick_start: true,
+        resume_grace: Duration::from_secs(5),
+        loudest_n: 3,
+        max_subscriptions: ting_sfu::DEFAULT_MAX_SUBSCRIPTIONS,
+        shards: 1,
+        cluster: Some(config),
+    };
+    let error = ting::server::start(serve, std::future::pending())
+        .await
+        .err()
+        .expect("no Redis on port 1");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("cluster's Redis at redis://127.0.0.1:1/"),
+        "{message}"
+    );
+}
