@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use crate::cluster::Directory;
 use crate::metrics::SignallingMetrics;
 use crate::rooms::{Follower, Member, Outbox, Rooms};
 use crate::roster::{FIRST_PAGE, FLUSH_INTERVAL, MAX_PAGE};
@@ -96,6 +97,8 @@ struct Inner {
     next_track: AtomicU64,
     shutdown: CancellationToken,
     sessions: TaskTracker,
+    /// Cluster mode: where this node's participants are published.
+    directory: Option<Directory>,
 }
 
 impl Hub {
@@ -104,9 +107,11 @@ impl Hub {
         keys: TokenKeys,
         sfu: ShardRouter,
         registry: Registry,
+        directory: Option<Directory>,
     ) -> prometheus::Result<Self> {
         let metrics = SignallingMetrics::new(&registry)?;
         Ok(Self(Arc::new(Inner {
+            directory,
             config,
             keys,
             sfu,
@@ -146,6 +151,13 @@ impl Hub {
 
     pub(crate) fn sfu(&self) -> &ShardRouter {
         &self.0.sfu
+    }
+
+    /// Tells the cluster (if any) that the participant's media is on this node now.
+    pub(crate) fn publish_placement(&self, participant: ParticipantId, room: &RoomId) {
+        if let Some(directory) = &self.0.directory {
+            directory.joined(participant, room.clone());
+        }
     }
 
     pub(crate) fn rooms(&self) -> MutexGuard<'_, Rooms> {
@@ -222,6 +234,7 @@ impl Hub {
             .sfu
             .add_peer(claims.room.clone(), id, media_options(claims.role))
             .await?;
+        self.publish_placement(id, &claims.room);
         let mut rooms = self.rooms();
         rooms.add(claims.room.clone(), member);
         let generation = match outbox {
@@ -337,6 +350,9 @@ impl Hub {
         };
         self.0.sfu.remove_peer(participant);
         if let Some((room, _)) = removed {
+            if let Some(directory) = &self.0.directory {
+                directory.left(participant);
+            }
             info!(room = %room, participant = %participant, ?reason, "left");
             self.refresh_followers(&room);
         }

@@ -336,6 +336,7 @@ impl Hub {
                 });
                 return;
             }
+            hub.publish_placement(target, &room);
             let socket_gone = member.socket_closed();
             {
                 let mut rooms = hub.rooms();

@@ -53,8 +53,15 @@ fn names(nodes: &[NodeId]) -> Vec<String> {
 /// Registry, placement, participant map and room directory, and a node that dies.
 async fn behaves_as_a_cluster_store(cluster: &dyn ClusterState) {
     let (a, b) = (status("node-a", 2), status("node-b", 1));
-    cluster.heartbeat(&a, TTL).await.unwrap();
-    cluster.heartbeat(&b, TTL).await.unwrap();
+    assert!(
+        cluster.heartbeat(&a, TTL).await.unwrap(),
+        "the first heartbeat registers"
+    );
+    assert!(cluster.heartbeat(&b, TTL).await.unwrap());
+    assert!(
+        !cluster.heartbeat(&a, TTL).await.unwrap(),
+        "later ones renew"
+    );
     let live = cluster.live_nodes().await.unwrap();
     assert_eq!(
         live,
@@ -115,7 +122,7 @@ async fn behaves_as_a_cluster_store(cluster: &dyn ClusterState) {
         .unwrap();
     for _ in 0..5 {
         tokio::time::sleep(TTL / 4).await;
-        cluster.heartbeat(&a, TTL).await.unwrap();
+        assert!(!cluster.heartbeat(&a, TTL).await.unwrap());
     }
     assert_eq!(ids(&cluster.live_nodes().await.unwrap()), ["node-a"]);
     assert_eq!(cluster.node_of(p2).await.unwrap(), None);
@@ -132,6 +139,11 @@ async fn behaves_as_a_cluster_store(cluster: &dyn ClusterState) {
     assert!(cluster.live_nodes().await.unwrap().is_empty());
     assert_eq!(cluster.node_of(p1).await.unwrap(), None);
     assert!(cluster.room_nodes(&room).await.unwrap().is_empty());
+
+    // The node that expired comes back: it registers anew (and so knows to publish its
+    // participants again).
+    assert!(cluster.heartbeat(&b, TTL).await.unwrap());
+    cluster.deregister(&b.id).await.unwrap();
 }
 
 #[tokio::test]

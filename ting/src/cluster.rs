@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prometheus::IntGauge;
-use ting_signalling::cluster::{ClusterState, NodeStatus, RedisCluster};
+use ting_signalling::cluster::{ClusterState, Directory, NodeStatus, RedisCluster};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -59,24 +59,43 @@ impl Membership {
         Ok(membership)
     }
 
-    async fn beat(&self) -> anyhow::Result<()> {
+    /// The cluster store, for the hub's participant directory.
+    pub fn store(&self) -> RedisCluster {
+        self.store.clone()
+    }
+
+    /// Renews the node's entry; whether the store had lost it.
+    async fn beat(&self) -> anyhow::Result<bool> {
         let mut status = self.status.clone();
         status.participants = u32::try_from(self.participants.get().max(0)).unwrap_or(u32::MAX);
-        self.store.heartbeat(&status, HEARTBEAT_TTL).await?;
-        Ok(())
+        Ok(self.store.heartbeat(&status, HEARTBEAT_TTL).await?)
     }
 
     /// Renews the entry until `stop` turns true, then deregisters. Failed heartbeats (Redis
     /// restarting) are logged and retried: the node re-registers with the next one that works.
-    pub fn spawn_heartbeats(self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    ///
+    /// When the store had lost the node (Redis restarted empty, or the node was cut off for
+    /// longer than the TTL), `directory` publishes its participants again.
+    pub fn spawn_heartbeats(
+        self,
+        mut stop: watch::Receiver<bool>,
+        directory: Option<Directory>,
+    ) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = ticks.tick() => {
-                        if let Err(e) = self.beat().await {
-                            warn!("cluster heartbeat failed: {e:#}");
+                        match self.beat().await {
+                            Ok(true) => {
+                                warn!(node = %self.status.id, "the cluster had lost this node; registered again");
+                                if let Some(directory) = &directory {
+                                    directory.republish();
+                                }
+                            }
+                            Ok(false) => {}
+                            Err(e) => warn!("cluster heartbeat failed: {e:#}"),
                         }
                     }
                     changed = stop.changed() => {

@@ -2,15 +2,17 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::Arc;
 
 use anyhow::Context;
 use prometheus::Registry;
 use ting_sfu::{SfuConfig, SfuMetrics, ShardRouter, ShardSockets, spawn_shard};
+use ting_signalling::cluster::{ClusterState, Directory};
 use ting_signalling::{Hub, SignallingConfig, TokenKeys};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::cluster::Membership;
+use crate::cluster::{HEARTBEAT_TTL, Membership};
 use crate::config::ServeConfig;
 
 /// A started server: where it listens, and the task that ends when it has shut down.
@@ -128,14 +130,6 @@ pub async fn start(
         resume_grace: config.resume_grace,
         ..SignallingConfig::default()
     };
-    let hub = Hub::new(
-        signalling,
-        TokenKeys::new(&config.token_secret)?,
-        router,
-        registry,
-    )?;
-    tokio::spawn(ting_signalling::pump_sfu_events(hub.clone(), events));
-
     let listener = tokio::net::TcpListener::bind((config.bind, config.http_port))
         .await
         .with_context(|| format!("binding HTTP port {}", config.http_port))?;
@@ -151,8 +145,25 @@ pub async fn start(
         }
         None => None,
     };
+    let directory = match (&membership, &config.cluster) {
+        (Some(membership), Some(cluster)) => {
+            let store: Arc<dyn ClusterState> = Arc::new(membership.store());
+            let (directory, _task) =
+                Directory::spawn(store, cluster.node_id.clone(), HEARTBEAT_TTL);
+            Some(directory)
+        }
+        _ => None,
+    };
+    let hub = Hub::new(
+        signalling,
+        TokenKeys::new(&config.token_secret)?,
+        router,
+        registry,
+        directory.clone(),
+    )?;
+    tokio::spawn(ting_signalling::pump_sfu_events(hub.clone(), events));
     let (stop_heartbeats, stopped) = watch::channel(false);
-    let heartbeats = membership.map(|m| m.spawn_heartbeats(stopped));
+    let heartbeats = membership.map(|m| m.spawn_heartbeats(stopped, directory.clone()));
     let task = tokio::spawn(async move {
         let served = ting_signalling::serve(listener, hub, shutdown).await;
         let _ = stop_heartbeats.send(true);

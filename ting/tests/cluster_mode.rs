@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Client, TestServer};
 use ting::config::ClusterConfig;
-use ting_protocol::{NodeId, Role};
+use ting_protocol::{ClientMessage, NodeId, ParticipantId, Role, RoomId, ServerMessage};
 use ting_signalling::cluster::{ClusterState, NodeStatus, RedisCluster};
 
 fn redis_url() -> String {
@@ -45,6 +45,25 @@ async fn wait_for(
     }
 }
 
+fn participant_id(joined: &ServerMessage) -> ParticipantId {
+    match joined {
+        ServerMessage::Joined { participant, .. } => participant.id,
+        other => panic!("not joined: {other:?}"),
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_register_report_their_load_and_leave() {
     let prefix = format!("ting-test:nodes:{:x}", rand::random::<u64>());
@@ -64,13 +83,56 @@ async fn nodes_register_report_their_load_and_leave() {
     );
     assert!(nodes.iter().all(|n| n.participants == 0));
 
-    // Two people join node-1: its next heartbeats carry the load.
-    let (_alice, _) = Client::join(&one, &one.token("r1", "alice", Role::Speaker)).await;
-    let (_bob, _) = Client::join(&one, &one.token("r1", "bob", Role::Viewer)).await;
+    // Two people join node-1: its next heartbeats carry the load, and the directory knows
+    // where they and their room are.
+    let (mut alice, joined) = Client::join(&one, &one.token("r1", "alice", Role::Speaker)).await;
+    let alice_id = participant_id(&joined);
+    let (_bob, joined) = Client::join(&one, &one.token("r1", "bob", Role::Viewer)).await;
+    let bob_id = participant_id(&joined);
     wait_for(&store, "node-1 reports two participants", |nodes| {
         nodes
             .iter()
             .any(|n| n.id.as_str() == "node-1" && n.participants == 2)
+    })
+    .await;
+    let room = RoomId::new("r1").unwrap();
+    let node_1 = Some(NodeId::new("node-1").unwrap());
+    eventually("both placed on node-1", || async {
+        store.node_of(alice_id).await.unwrap() == node_1
+            && store.node_of(bob_id).await.unwrap() == node_1
+    })
+    .await;
+    assert_eq!(
+        store.room_nodes(&room).await.unwrap(),
+        vec![NodeId::new("node-1").unwrap()]
+    );
+
+    // Alice leaves: she is gone from the directory, the room stays with Bob.
+    alice.send(&ClientMessage::Leave {}).await;
+    eventually("alice removed", || async {
+        store.node_of(alice_id).await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(store.room_nodes(&room).await.unwrap().len(), 1);
+
+    // Redis loses everything (a restart without persistence): the nodes register again with
+    // their next heartbeat and node-1 publishes Bob again.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(store.live_nodes().await.unwrap().is_empty());
+    eventually("bob published again after the loss", || async {
+        store.node_of(bob_id).await.unwrap() == node_1
+            && store.live_nodes().await.unwrap().len() == 2
     })
     .await;
 

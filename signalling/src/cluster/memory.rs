@@ -42,12 +42,13 @@ impl MemoryCluster {
 
 #[async_trait]
 impl ClusterState for MemoryCluster {
-    async fn heartbeat(&self, status: &NodeStatus, ttl: Duration) -> Result<(), ClusterError> {
+    async fn heartbeat(&self, status: &NodeStatus, ttl: Duration) -> Result<bool, ClusterError> {
         let expires = Instant::now() + ttl;
-        self.lock()
+        let before = self
+            .lock()
             .nodes
             .insert(status.id.clone(), (status.clone(), expires));
-        Ok(())
+        Ok(before.is_none())
     }
 
     async fn deregister(&self, node: &NodeId) -> Result<(), ClusterError> {

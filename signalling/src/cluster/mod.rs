@@ -6,6 +6,7 @@
 //! cut off) disappears from the registry, the room directory and the participant map within
 //! one TTL, without anybody cleaning up after it.
 
+mod directory;
 mod memory;
 mod placement;
 mod redis_store;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use ting_protocol::{NodeId, ParticipantId, RoomId};
 
+pub use directory::Directory;
 pub use memory::MemoryCluster;
 pub use placement::select_node;
 pub use redis_store::RedisCluster;
@@ -50,8 +52,10 @@ pub enum ClusterError {
 #[async_trait]
 pub trait ClusterState: Send + Sync {
     /// Publishes the node's status and renews everything it holds (its participants, its rooms)
-    /// for `ttl`. A node calls this at a fraction of `ttl`.
-    async fn heartbeat(&self, status: &NodeStatus, ttl: Duration) -> Result<(), ClusterError>;
+    /// for `ttl`. A node calls this at a fraction of `ttl`. Returns whether the node was not
+    /// registered before (its first heartbeat, or the store lost it: expired, or Redis
+    /// restarted empty), in which case the node publishes its participants again.
+    async fn heartbeat(&self, status: &NodeStatus, ttl: Duration) -> Result<bool, ClusterError>;
 
     /// Removes the node and what it holds at once (a clean shutdown).
     async fn deregister(&self, node: &NodeId) -> Result<(), ClusterError>;

@@ -96,14 +96,17 @@ impl RedisCluster {
 
 #[async_trait]
 impl ClusterState for RedisCluster {
-    async fn heartbeat(&self, status: &NodeStatus, ttl: Duration) -> Result<(), ClusterError> {
+    async fn heartbeat(&self, status: &NodeStatus, ttl: Duration) -> Result<bool, ClusterError> {
         let mut con = self.connection.clone();
         let (now, ttl) = (now_ms(), ttl_ms(ttl));
         let expires = now + ttl;
         let node = &status.id;
         let json =
             serde_json::to_string(status).map_err(|e| ClusterError::Corrupt(e.to_string()))?;
-        let (participants, rooms): (Vec<u64>, Vec<String>) = redis::pipe()
+        // The expired entries go first, so that a node that had expired counts as new.
+        let (added, participants, rooms): (u64, Vec<u64>, Vec<String>) = redis::pipe()
+            .zrembyscore(self.nodes_key(), "-inf", now)
+            .ignore()
             .cmd("SET")
             .arg(self.node_key(node))
             .arg(json)
@@ -111,9 +114,6 @@ impl ClusterState for RedisCluster {
             .arg(ttl)
             .ignore()
             .zadd(self.nodes_key(), node.as_str(), expires)
-            .ignore()
-            .zrembyscore(self.nodes_key(), "-inf", now)
-            .ignore()
             .pexpire(self.node_participants_key(node), ttl as i64)
             .ignore()
             .pexpire(self.node_rooms_key(node), ttl as i64)
@@ -122,8 +122,9 @@ impl ClusterState for RedisCluster {
             .hkeys(self.node_rooms_key(node))
             .query_async(&mut con)
             .await?;
+        let registered_anew = added == 1;
         if participants.is_empty() && rooms.is_empty() {
-            return Ok(());
+            return Ok(registered_anew);
         }
         let mut renew = redis::pipe();
         for participant in participants {
@@ -142,7 +143,7 @@ impl ClusterState for RedisCluster {
                 .ignore();
         }
         renew.query_async::<()>(&mut con).await?;
-        Ok(())
+        Ok(registered_anew)
     }
 
     async fn deregister(&self, node: &NodeId) -> Result<(), ClusterError> {
