@@ -146,35 +146,48 @@ async fn join(
     plan: &ParticipantPlan,
     token: String,
 ) -> anyhow::Result<(SignalClient, ParticipantId, Vec<ParticipantInfo>, u32)> {
-    let mut signal = SignalClient::connect(&shared.server.ws).await?;
-    signal
-        .send(&ClientMessage::Join {
-            version: PROTOCOL_VERSION,
-            token,
-            room: Some(plan.room.clone()),
-            resume: None,
-        })
-        .await?;
-    loop {
-        match signal.recv().await? {
-            Incoming::Message(m) => match *m {
-                ServerEvent::Joined {
-                    participant,
-                    participants,
-                    participant_count,
-                } => return Ok((signal, participant.id, participants, participant_count)),
-                ServerEvent::Error { code, message } => bail!("join refused: {code}: {message}"),
-                ServerEvent::Bye { reason } => bail!("join ended by the server: {reason}"),
-                // `waiting` (lobby): `joined` follows once admitted, within the join timeout.
-                _ => continue,
-            },
-            Incoming::Unreadable(_) => continue,
-            Incoming::Closed | Incoming::Failed(_) => {
-                bail!("the server closed the socket before `joined`")
+    let mut url = shared.server.ws.clone();
+    // A cluster node may send us to the node that serves the room; more than a few hops is a
+    // misconfigured cluster.
+    for _ in 0..MAX_MOVES {
+        let mut signal = SignalClient::connect(&url).await?;
+        signal
+            .send(&ClientMessage::Join {
+                version: PROTOCOL_VERSION,
+                token: token.clone(),
+                room: Some(plan.room.clone()),
+                resume: None,
+            })
+            .await?;
+        let moved = loop {
+            match signal.recv().await? {
+                Incoming::Message(m) => match *m {
+                    ServerEvent::Joined {
+                        participant,
+                        participants,
+                        participant_count,
+                    } => return Ok((signal, participant.id, participants, participant_count)),
+                    ServerEvent::Moved { url } => break url,
+                    ServerEvent::Error { code, message } => {
+                        bail!("join refused: {code}: {message}")
+                    }
+                    ServerEvent::Bye { reason } => bail!("join ended by the server: {reason}"),
+                    // `waiting` (lobby): `joined` follows once admitted, within the join timeout.
+                    _ => continue,
+                },
+                Incoming::Unreadable(_) => continue,
+                Incoming::Closed | Incoming::Failed(_) => {
+                    bail!("the server closed the socket before `joined`")
+                }
             }
-        }
+        };
+        url = moved;
     }
+    bail!("moved more than {MAX_MOVES} times without joining")
 }
+
+/// How many `moved` answers a join follows.
+const MAX_MOVES: usize = 3;
 
 struct Session {
     plan: ParticipantPlan,
@@ -501,7 +514,10 @@ impl Session {
                 }
                 return Ok(());
             }
-            ServerEvent::Joined { .. } | ServerEvent::Waiting {} | ServerEvent::Other => {
+            ServerEvent::Joined { .. }
+            | ServerEvent::Waiting {}
+            | ServerEvent::Moved { .. }
+            | ServerEvent::Other => {
                 return Ok(());
             }
         }

@@ -72,6 +72,10 @@ pub enum ServerEvent {
     },
     /// In the lobby until a moderator admits us.
     Waiting {},
+    /// Cluster mode: join on this node instead.
+    Moved {
+        url: String,
+    },
     ParticipantJoined {
         participant: ParticipantInfo,
     },

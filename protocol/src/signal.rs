@@ -156,6 +156,12 @@ pub enum ServerMessage {
     Waiting {
         room: RoomId,
     },
+    /// Answer to `join` in cluster mode when the room is served by another node (or another
+    /// node has more room for a new one): connect the WebSocket to `url` and send the same
+    /// `join` there. The server closes this socket.
+    Moved {
+        url: String,
+    },
     /// To moderators: who waits in the lobby now (the complete list).
     LobbyUpdated {
         waiting: Vec<ParticipantInfo>,

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use crate::cluster::Directory;
+use crate::cluster::ClusterLink;
 use crate::metrics::SignallingMetrics;
 use crate::rooms::{Follower, Member, Outbox, Rooms};
 use crate::roster::{FIRST_PAGE, FLUSH_INTERVAL, MAX_PAGE};
@@ -97,8 +97,8 @@ struct Inner {
     next_track: AtomicU64,
     shutdown: CancellationToken,
     sessions: TaskTracker,
-    /// Cluster mode: where this node's participants are published.
-    directory: Option<Directory>,
+    /// Cluster mode: placement of new participants and the directory of who is here.
+    cluster: Option<ClusterLink>,
 }
 
 impl Hub {
@@ -107,11 +107,11 @@ impl Hub {
         keys: TokenKeys,
         sfu: ShardRouter,
         registry: Registry,
-        directory: Option<Directory>,
+        cluster: Option<ClusterLink>,
     ) -> prometheus::Result<Self> {
         let metrics = SignallingMetrics::new(&registry)?;
         Ok(Self(Arc::new(Inner {
-            directory,
+            cluster,
             config,
             keys,
             sfu,
@@ -153,10 +153,19 @@ impl Hub {
         &self.0.sfu
     }
 
+    /// In cluster mode, the base URL of the node a new participant of `room` should join
+    /// instead of this one.
+    pub async fn placed_elsewhere(&self, room: &RoomId) -> Option<String> {
+        match &self.0.cluster {
+            Some(cluster) => cluster.elsewhere(room).await,
+            None => None,
+        }
+    }
+
     /// Tells the cluster (if any) that the participant's media is on this node now.
     pub(crate) fn publish_placement(&self, participant: ParticipantId, room: &RoomId) {
-        if let Some(directory) = &self.0.directory {
-            directory.joined(participant, room.clone());
+        if let Some(cluster) = &self.0.cluster {
+            cluster.directory.joined(participant, room.clone());
         }
     }
 
@@ -350,8 +359,8 @@ impl Hub {
         };
         self.0.sfu.remove_peer(participant);
         if let Some((room, _)) = removed {
-            if let Some(directory) = &self.0.directory {
-                directory.left(participant);
+            if let Some(cluster) = &self.0.cluster {
+                cluster.directory.left(participant);
             }
             info!(room = %room, participant = %participant, ?reason, "left");
             self.refresh_followers(&room);

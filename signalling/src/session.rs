@@ -10,6 +10,7 @@ use ting_protocol::{
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info_span};
 
+use crate::cluster::websocket_url;
 use crate::hub::{Hub, HubError};
 use crate::rooms::OUTBOX_CAPACITY;
 
@@ -162,6 +163,15 @@ where
                     return None;
                 }
             };
+            // A new participant may belong on another node of the cluster; a resume stays.
+            if resume.is_none()
+                && let Some(node) = self.hub.placed_elsewhere(&claims.room).await
+            {
+                let url = websocket_url(&node);
+                self.send(&ServerMessage::Moved { url }).await;
+                self.close(1000, "moved").await;
+                return None;
+            }
             let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
             let attached = match resume {
                 Some(resume) => self.hub.resume(&resume, &claims, outbox),

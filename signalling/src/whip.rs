@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use ting_protocol::{
@@ -44,10 +44,14 @@ pub struct WhepQuery {
 pub async fn whip_post(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: String,
 ) -> Result<Response, ApiError> {
     let (room, claims) = authorize(&state, &room, &headers)?;
+    if let Some(moved) = moved_elsewhere(&state, &room, &uri).await {
+        return Ok(moved);
+    }
     require_sdp(&headers)?;
     if !claims.role.may_publish() {
         return Err(ApiError::new(
@@ -80,11 +84,15 @@ pub async fn whip_post(
 pub async fn whep_post(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    OriginalUri(uri): OriginalUri,
     Query(query): Query<WhepQuery>,
     headers: HeaderMap,
     body: String,
 ) -> Result<Response, ApiError> {
     let (room, claims) = authorize(&state, &room, &headers)?;
+    if let Some(moved) = moved_elsewhere(&state, &room, &uri).await {
+        return Ok(moved);
+    }
     require_sdp(&headers)?;
     let sections = media_sections(&body);
     let receiving = |kind| {
@@ -109,6 +117,21 @@ pub async fn whep_post(
         Some(follow),
     )
     .await
+}
+
+/// In a cluster the room may be served by another node: send the client there with the same
+/// request (a 307 keeps the method and body; RFC 9725 §4.5 allows it for load balancing).
+async fn moved_elsewhere(state: &AppState, room: &RoomId, uri: &Uri) -> Option<Response> {
+    let node = state.hub.placed_elsewhere(room).await?;
+    let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let location = format!("{}{target}", node.trim_end_matches('/'));
+    Some(
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response(),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use prometheus::Registry;
 use ting_sfu::{SfuConfig, SfuMetrics, ShardRouter, ShardSockets, spawn_shard};
-use ting_signalling::cluster::{ClusterState, Directory};
+use ting_signalling::cluster::{ClusterLink, ClusterState, Directory};
 use ting_signalling::{Hub, SignallingConfig, TokenKeys};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -145,21 +145,27 @@ pub async fn start(
         }
         None => None,
     };
-    let directory = match (&membership, &config.cluster) {
+    let link = match (&membership, &config.cluster) {
         (Some(membership), Some(cluster)) => {
             let store: Arc<dyn ClusterState> = Arc::new(membership.store());
             let (directory, _task) =
-                Directory::spawn(store, cluster.node_id.clone(), HEARTBEAT_TTL);
-            Some(directory)
+                Directory::spawn(store.clone(), cluster.node_id.clone(), HEARTBEAT_TTL);
+            Some(ClusterLink {
+                store,
+                node: cluster.node_id.clone(),
+                region: cluster.region.clone(),
+                directory,
+            })
         }
         _ => None,
     };
+    let directory = link.as_ref().map(|l| l.directory.clone());
     let hub = Hub::new(
         signalling,
         TokenKeys::new(&config.token_secret)?,
         router,
         registry,
-        directory.clone(),
+        link,
     )?;
     tokio::spawn(ting_signalling::pump_sfu_events(hub.clone(), events));
     let (stop_heartbeats, stopped) = watch::channel(false);

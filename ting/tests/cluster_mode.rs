@@ -180,3 +180,80 @@ async fn a_node_that_cannot_reach_redis_does_not_start() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newcomers_are_moved_to_the_node_that_serves_their_room() {
+    let prefix = format!("ting-test:moves:{:x}", rand::random::<u64>());
+    let store = RedisCluster::connect(&redis_url(), &prefix).await.unwrap();
+    let one = TestServer::start_in_cluster(node(&prefix, "node-1")).await;
+    let two = TestServer::start_in_cluster(node(&prefix, "node-2")).await;
+    let ws_one = format!("ws://{}/ws", one.http);
+    let ws_two = format!("ws://{}/ws", two.http);
+
+    // The room starts on node-1.
+    let (_alice, _) = Client::join(&one, &one.token("r1", "alice", Role::Host)).await;
+    let room = RoomId::new("r1").unwrap();
+    eventually("r1 is on node-1", || async {
+        store.room_nodes(&room).await.unwrap() == [NodeId::new("node-1").unwrap()]
+    })
+    .await;
+
+    // Bob comes in through node-2: he is sent to node-1, and joins there with the same token.
+    let token = two.token("r1", "bob", Role::Speaker);
+    let mut bob = Client::connect(&two).await;
+    bob.send(&common::join(&token, None)).await;
+    let moved = bob.recv().await.expect("an answer");
+    assert_eq!(
+        moved,
+        ServerMessage::Moved {
+            url: ws_one.clone()
+        }
+    );
+    assert_eq!(bob.recv().await, None, "node-2 closes the socket");
+    let mut bob = Client::connect_url(&ws_one).await;
+    bob.send(&common::join(&token, None)).await;
+    assert!(matches!(
+        bob.recv().await,
+        Some(ServerMessage::Joined { .. })
+    ));
+
+    // A new room goes to the less loaded node once node-1's load is known.
+    wait_for(&store, "node-1 reports its two participants", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n.id.as_str() == "node-1" && n.participants == 2)
+    })
+    .await;
+    let mut carol = Client::connect(&one).await;
+    carol
+        .send(&common::join(&one.token("r2", "carol", Role::Host), None))
+        .await;
+    assert_eq!(
+        carol.recv().await,
+        Some(ServerMessage::Moved {
+            url: ws_two.clone()
+        })
+    );
+
+    // WHIP ingest is redirected the same way (RFC 9725: 307 to the other node).
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = http
+        .post(two.url("/whip/r1"))
+        .bearer_auth(two.token("r1", "obs", Role::Speaker))
+        .header("content-type", "application/sdp")
+        .body("v=0\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        response.headers()["location"],
+        format!("http://{}/whip/r1", one.http).as_str()
+    );
+
+    one.shutdown().await;
+    two.shutdown().await;
+}

@@ -38,9 +38,9 @@ export function within(ms, what, promise) {
  * Starts `$TING_BIN serve` on free ports in a fresh data dir and waits for its
  * "listening on http://127.0.0.1:PORT" line.
  */
-export async function startServer(bin) {
+export async function startServer(bin, extraArgs = []) {
   const dataDir = mkdtempSync(join(tmpdir(), 'ting-e2e-data-'));
-  const args = ['serve', '--http-port', '0', '--udp-port', '0', '--bind', '127.0.0.1', '--public-ip', '127.0.0.1', '--data-dir', dataDir];
+  const args = ['serve', '--http-port', '0', '--udp-port', '0', '--bind', '127.0.0.1', '--public-ip', '127.0.0.1', '--data-dir', dataDir, ...extraArgs];
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
   let output = '';
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));

@@ -23,6 +23,8 @@ declare global {
       readonly state: AppState;
       readonly session: Session | null;
       readonly moderation: Moderation | null;
+      /** The WebSocket URL in use (in a cluster, the node that serves the room). */
+      readonly signallingUrl: string | null;
     };
   }
 }
@@ -54,6 +56,9 @@ window.ting = {
   },
   get moderation() {
     return moderation;
+  },
+  get signallingUrl() {
+    return signalling?.currentUrl ?? null;
   },
 };
 

@@ -126,6 +126,8 @@ export interface JoinedMessage {
 export type ServerMessage =
   | JoinedMessage
   | { type: 'waiting'; room: string }
+  /** Cluster mode: the room is served by another node; send the same `join` to `url`. */
+  | { type: 'moved'; url: string }
   | { type: 'lobby_updated'; waiting: ParticipantInfo[] }
   | { type: 'room_updated'; settings: RoomSettings }
   | { type: 'moderated'; action: ModerationAction; kind?: TrackKind | null; role?: Role | null; by: ParticipantId }

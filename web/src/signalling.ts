@@ -37,6 +37,8 @@ const SILENCE_LIMIT_MS = 25_000;
 const FIRST_BACKOFF_MS = 500;
 /** Used until the server told us its grace period (e.g. when the very first connect fails). */
 const DEFAULT_GRACE_SECS = 30;
+/** How many `moved` answers one join follows. */
+const MAX_MOVES = 3;
 /** Errors that answer `join` and make retrying pointless. */
 const FATAL_JOIN_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'invalid_token',
@@ -64,13 +66,21 @@ export class Signalling {
   private nonce = 0;
   private finished = false;
 
+  /** `moved` answers followed since the last successful join (a loop would be a misconfigured cluster). */
+  private moves = 0;
+
   constructor(
-    private readonly url: string,
+    private url: string,
     private readonly token: string,
     private readonly handlers: SignallingHandlers,
     /** The room the user means to join; the server refuses a token for another room. */
     private readonly room?: string,
   ) {}
+
+  /** The WebSocket URL in use: where the last `moved` sent us, or where we started. */
+  get currentUrl(): string {
+    return this.url;
+  }
 
   static urlFor(location: Location): string {
     return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/ws`;
@@ -150,7 +160,19 @@ export class Signalling {
         this.startPing();
         this.handlers.waiting(msg.room);
         return;
+      case 'moved':
+        if (this.joinedOnSocket) return;
+        if (++this.moves > MAX_MOVES) {
+          this.finish({ kind: 'error', code: 'unavailable', message: 'the cluster keeps sending this room elsewhere' }, 0, false);
+          return;
+        }
+        // The node that serves this room is elsewhere in the cluster: join there instead.
+        this.url = msg.url;
+        this.detachSocket();
+        this.open();
+        return;
       case 'joined':
+        this.moves = 0;
         this.waitingOnSocket = false;
         this.joinedOnSocket = true;
         this.resumeToken = msg.resume_token;

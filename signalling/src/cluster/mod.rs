@@ -7,6 +7,7 @@
 //! one TTL, without anybody cleaning up after it.
 
 mod directory;
+mod link;
 mod memory;
 mod placement;
 mod redis_store;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use ting_protocol::{NodeId, ParticipantId, RoomId};
 
 pub use directory::Directory;
+pub use link::{ClusterLink, websocket_url};
 pub use memory::MemoryCluster;
 pub use placement::select_node;
 pub use redis_store::RedisCluster;

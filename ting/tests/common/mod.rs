@@ -150,7 +150,10 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(server: &TestServer) -> Self {
-        let url = format!("ws://{}/ws", server.http);
+        Self::connect_url(&format!("ws://{}/ws", server.http)).await
+    }
+
+    pub async fn connect_url(url: &str) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         Self { ws }
     }

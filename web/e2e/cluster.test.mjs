@@ -1,0 +1,57 @@
+// Cluster mode in the browser: two `ting serve` nodes joined through Redis (started by the test
+// command). Bob opens the meeting link of a room that node-1 serves on node-2: his client is
+// `moved` to node-1 and meets Alice there.
+//
+//   TING_BIN=target/debug/ting node --test web/e2e/cluster.test.mjs
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, test } from 'node:test';
+import { eventually, growingStreams, joinViaLanding, openBrowser, startServer } from './harness.mjs';
+
+const TING_BIN = process.env.TING_BIN;
+const REDIS = process.env.TING_TEST_REDIS || 'redis://127.0.0.1:6379';
+const ROOM = 'e2e-cluster';
+/** Nodes of one cluster share the token secret: a token minted on one is valid on all. */
+const SECRET = randomBytes(16).toString('hex');
+const PREFIX = `ting-e2e:${randomBytes(6).toString('hex')}`;
+
+const nodes = [];
+const people = [];
+
+const clusterArgs = (id) => ['--tcp-port', '0', '--redis', REDIS, '--redis-prefix', PREFIX, '--node-id', id, '--token-secret', SECRET];
+
+before(async () => {
+  assert.ok(TING_BIN, 'TING_BIN is not set: point it at the ting server binary');
+  nodes.push(await startServer(TING_BIN, clusterArgs('e2e-node-1')));
+  nodes.push(await startServer(TING_BIN, clusterArgs('e2e-node-2')));
+}, { timeout: 65_000 });
+
+after(async () => {
+  await Promise.all(people.map((p) => p.close()));
+  if (process.exitCode) {
+    for (const p of people) console.log(p.logs.slice(-30).join('\n'));
+    for (const n of nodes) console.log(n.output().slice(-2000));
+  }
+  await Promise.all(nodes.map((n) => n.stop()));
+});
+
+test('a participant who opens the room on another node is moved to the node that serves it', { timeout: 90_000 }, async () => {
+  const [one, two] = nodes;
+  const alice = await openBrowser('Alice');
+  people.push(alice);
+  const aliceId = await joinViaLanding(alice, one.base, ROOM);
+
+  const bob = await openBrowser('Bob');
+  people.push(bob);
+  const bobId = await joinViaLanding(bob, two.base, ROOM);
+  // Bob's page came from node-2, but his signalling now runs on node-1 (the room's node).
+  const bobSocket = await bob.page.evaluate(() => window.ting.signallingUrl);
+  assert.equal(bobSocket, `${one.base.replace('http://', 'ws://')}/ws`);
+
+  // They are in the same meeting: each sees the other's camera tile and receives media.
+  const tile = (page, id) => page.locator(`.tile[data-participant-id="${id}"][data-source="camera"]`);
+  await tile(bob.page, aliceId).waitFor({ state: 'visible', timeout: 15_000 });
+  await tile(alice.page, bobId).waitFor({ state: 'visible', timeout: 15_000 });
+  await eventually(15_000, 'Bob receives Alice\'s media', async () => (await growingStreams(bob.page)).length > 0);
+});
