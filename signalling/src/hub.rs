@@ -35,6 +35,9 @@ pub struct SignallingConfig {
     pub join_timeout: Duration,
     /// Lifetime of quick-start tokens.
     pub quick_start_ttl: Duration,
+    /// The first participant id this node gives out; in a cluster each node starts in a range
+    /// of its own, so that ids are unique across the cluster.
+    pub first_participant_id: u64,
 }
 
 impl Default for SignallingConfig {
@@ -44,6 +47,7 @@ impl Default for SignallingConfig {
             resume_grace: Duration::from_secs(30),
             join_timeout: Duration::from_secs(10),
             quick_start_ttl: Duration::from_secs(12 * 3600),
+            first_participant_id: 1,
         }
     }
 }
@@ -110,6 +114,7 @@ impl Hub {
         cluster: Option<ClusterLink>,
     ) -> prometheus::Result<Self> {
         let metrics = SignallingMetrics::new(&registry)?;
+        let first_participant = config.first_participant_id.max(1);
         Ok(Self(Arc::new(Inner {
             cluster,
             config,
@@ -118,7 +123,7 @@ impl Hub {
             rooms: Mutex::new(Rooms::default()),
             registry,
             metrics,
-            next_participant: AtomicU64::new(1),
+            next_participant: AtomicU64::new(first_participant),
             next_track: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),

@@ -52,6 +52,14 @@ fn names(nodes: &[NodeId]) -> Vec<String> {
 
 /// Registry, placement, participant map and room directory, and a node that dies.
 async fn behaves_as_a_cluster_store(cluster: &dyn ClusterState) {
+    let first = cluster.next_epoch().await.unwrap();
+    assert!(first >= 1);
+    assert_eq!(
+        cluster.next_epoch().await.unwrap(),
+        first + 1,
+        "never the same twice"
+    );
+
     let (a, b) = (status("node-a", 2), status("node-b", 1));
     assert!(
         cluster.heartbeat(&a, TTL).await.unwrap(),

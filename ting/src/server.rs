@@ -125,11 +125,7 @@ pub async fn start(
         handles.push(shard.handle);
     }
     let router = ShardRouter::new(handles).context("no media shard")?;
-    let signalling = SignallingConfig {
-        quick_start: config.quick_start,
-        resume_grace: config.resume_grace,
-        ..SignallingConfig::default()
-    };
+
     let listener = tokio::net::TcpListener::bind((config.bind, config.http_port))
         .await
         .with_context(|| format!("binding HTTP port {}", config.http_port))?;
@@ -160,6 +156,23 @@ pub async fn start(
         _ => None,
     };
     let directory = link.as_ref().map(|l| l.directory.clone());
+    let first_participant_id = match &link {
+        Some(link) => {
+            let epoch = link
+                .store
+                .next_epoch()
+                .await
+                .context("reserving participant ids in the cluster")?;
+            participant_id_base(epoch)
+        }
+        None => 1,
+    };
+    let signalling = SignallingConfig {
+        quick_start: config.quick_start,
+        resume_grace: config.resume_grace,
+        first_participant_id,
+        ..SignallingConfig::default()
+    };
     let hub = Hub::new(
         signalling,
         TokenKeys::new(&config.token_secret)?,
@@ -185,6 +198,13 @@ pub async fn start(
         tcp_media_addrs,
         task,
     })
+}
+
+/// The first participant id of a node start with this cluster epoch: each start owns 2^32 ids,
+/// and ids stay below 2^53 so that JavaScript clients read them exactly (the epoch wraps after
+/// two million node starts; a collision would need a node that old still running).
+fn participant_id_base(epoch: u64) -> u64 {
+    ((epoch % (1 << 21)) << 32) + 1
 }
 
 /// One UDP socket per local IPv4 address (all on the same port), so every host candidate's

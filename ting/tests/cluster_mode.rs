@@ -95,6 +95,19 @@ async fn nodes_register_report_their_load_and_leave() {
             .any(|n| n.id.as_str() == "node-1" && n.participants == 2)
     })
     .await;
+    // Each node gives out ids from a range of its own: unique in the cluster, and exact as
+    // JavaScript numbers.
+    let (_carol, joined) = Client::join(&two, &two.token("r9", "carol", Role::Host)).await;
+    let carol_id = participant_id(&joined);
+    for id in [alice_id, bob_id, carol_id] {
+        assert!(id.0 > 1 << 32 && id.0 < 1 << 53, "{id}");
+    }
+    assert_eq!(bob_id.0, alice_id.0 + 1);
+    assert!(
+        carol_id.0.abs_diff(alice_id.0) >= 1 << 32,
+        "{carol_id} vs {alice_id}"
+    );
+
     let room = RoomId::new("r1").unwrap();
     let node_1 = Some(NodeId::new("node-1").unwrap());
     eventually("both placed on node-1", || async {

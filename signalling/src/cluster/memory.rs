@@ -2,6 +2,7 @@
 //! implementation is tested against.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use super::{ClusterError, ClusterState, NodeStatus};
 #[derive(Debug, Default)]
 pub struct MemoryCluster {
     inner: Mutex<Inner>,
+    epochs: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +51,10 @@ impl ClusterState for MemoryCluster {
             .nodes
             .insert(status.id.clone(), (status.clone(), expires));
         Ok(before.is_none())
+    }
+
+    async fn next_epoch(&self) -> Result<u64, ClusterError> {
+        Ok(self.epochs.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     async fn deregister(&self, node: &NodeId) -> Result<(), ClusterError> {

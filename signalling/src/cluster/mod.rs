@@ -59,6 +59,10 @@ pub trait ClusterState: Send + Sync {
     /// restarted empty), in which case the node publishes its participants again.
     async fn heartbeat(&self, status: &NodeStatus, ttl: Duration) -> Result<bool, ClusterError>;
 
+    /// A number no earlier call in this cluster returned: a starting node takes one to make
+    /// its participant ids unique in the cluster.
+    async fn next_epoch(&self) -> Result<u64, ClusterError>;
+
     /// Removes the node and what it holds at once (a clean shutdown).
     async fn deregister(&self, node: &NodeId) -> Result<(), ClusterError>;
 

@@ -7,7 +7,8 @@
 //! - `{p}:node:{id}:participants`: hash participant → room; `{p}:node:{id}:rooms`: hash
 //!   room → participants on the node; both expiring with the heartbeat;
 //! - `{p}:participant:{id}`: the participant's node, expiring with the heartbeat;
-//! - `{p}:room:{room}`: sorted set of the nodes carrying the room, scored by expiry.
+//! - `{p}:room:{room}`: sorted set of the nodes carrying the room, scored by expiry;
+//! - `{p}:epochs`: a counter; every node start takes the next value (participant ids).
 //!
 //! A heartbeat renews all of a node's keys, so a dead node's keys vanish within one TTL.
 
@@ -144,6 +145,15 @@ impl ClusterState for RedisCluster {
         }
         renew.query_async::<()>(&mut con).await?;
         Ok(registered_anew)
+    }
+
+    async fn next_epoch(&self) -> Result<u64, ClusterError> {
+        let epoch: u64 = self
+            .connection
+            .clone()
+            .incr(format!("{}:epochs", self.prefix), 1)
+            .await?;
+        Ok(epoch)
     }
 
     async fn deregister(&self, node: &NodeId) -> Result<(), ClusterError> {
