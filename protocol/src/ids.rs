@@ -4,7 +4,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A participant of a room, unique within one server process.
+/// A participant of a room, unique within one server process (in a cluster, within the
+/// cluster: each node start gives out ids from a range of its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ParticipantId(pub u64);
