@@ -116,6 +116,34 @@ async fn behaves_as_a_cluster_store(cluster: &dyn ClusterState) {
         ["node-b"]
     );
 
+    // Room claims: the first wins; a claim ends when the room's last participant there leaves.
+    let new_room = RoomId::new("townhall").unwrap();
+    assert_eq!(
+        cluster.claim_room(&new_room, &a.id, TTL).await.unwrap(),
+        a.id
+    );
+    assert_eq!(
+        cluster.claim_room(&new_room, &b.id, TTL).await.unwrap(),
+        a.id,
+        "a second node finds the room taken"
+    );
+    let p4 = ParticipantId(4);
+    cluster
+        .place_participant(p4, &new_room, &a.id, TTL)
+        .await
+        .unwrap();
+    cluster.remove_participant(p4, &a.id).await.unwrap();
+    assert_eq!(
+        cluster.claim_room(&new_room, &b.id, TTL).await.unwrap(),
+        b.id,
+        "released when its last participant left"
+    );
+    let handover = RoomId::new("handover").unwrap();
+    assert_eq!(
+        cluster.claim_room(&handover, &b.id, TTL).await.unwrap(),
+        b.id
+    );
+
     // The room's last participant on node-a leaves: node-a no longer carries the room, even
     // though p1 was placed twice.
     cluster.remove_participant(p1, &a.id).await.unwrap();
@@ -141,6 +169,11 @@ async fn behaves_as_a_cluster_store(cluster: &dyn ClusterState) {
     );
     assert_eq!(names(&cluster.room_nodes(&room).await.unwrap()), ["node-a"]);
     assert!(cluster.room_nodes(&other_room).await.unwrap().is_empty());
+    assert_eq!(
+        cluster.claim_room(&handover, &a.id, TTL).await.unwrap(),
+        a.id,
+        "a dead node's claim is taken over"
+    );
 
     // A clean shutdown removes a node at once.
     cluster.deregister(&a.id).await.unwrap();

@@ -151,6 +151,7 @@ pub async fn start(
                 node: cluster.node_id.clone(),
                 region: cluster.region.clone(),
                 directory,
+                claim_ttl: HEARTBEAT_TTL,
             })
         }
         _ => None,

@@ -247,6 +247,15 @@ async fn newcomers_are_moved_to_the_node_that_serves_their_room() {
             url: ws_two.clone()
         })
     );
+    // node-2 finds the room claimed for it and keeps her (no move back).
+    let mut carol = Client::connect_url(&ws_two).await;
+    carol
+        .send(&common::join(&one.token("r2", "carol", Role::Host), None))
+        .await;
+    assert!(matches!(
+        carol.recv().await,
+        Some(ServerMessage::Joined { .. })
+    ));
 
     // WHIP ingest is redirected the same way (RFC 9725: 307 to the other node).
     let http = reqwest::Client::builder()

@@ -2,6 +2,7 @@
 //! to publish who is here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ting_protocol::{NodeId, RoomId};
 use tracing::warn;
@@ -14,6 +15,8 @@ pub struct ClusterLink {
     pub node: NodeId,
     pub region: String,
     pub directory: Directory,
+    /// How long a room claimed for a node waits for its first participant there.
+    pub claim_ttl: Duration,
 }
 
 impl ClusterLink {
@@ -25,19 +28,25 @@ impl ClusterLink {
     pub async fn elsewhere(&self, room: &RoomId) -> Option<String> {
         let placement = async {
             let hosts = self.store.room_nodes(room).await?;
-            let nodes = self.store.live_nodes().await?;
             if hosts.contains(&self.node) {
                 return Ok(None);
             }
-            let target = match hosts.first() {
-                Some(host) => nodes.iter().find(|n| n.id == *host),
-                None => select_node(&nodes, Some(&self.region)),
+            let nodes = self.store.live_nodes().await?;
+            let url_of = |id: &NodeId| {
+                nodes
+                    .iter()
+                    .find(|n| n.id == *id && n.id != self.node)
+                    .map(|n| n.http_url.clone())
             };
-            Ok::<_, super::ClusterError>(
-                target
-                    .filter(|n| n.id != self.node)
-                    .map(|n| n.http_url.clone()),
-            )
+            if let Some(host) = hosts.first() {
+                return Ok(url_of(host));
+            }
+            // A new room: claim it for the best node (this one if none is better). The first
+            // claim wins, so people opening the room at once on different nodes meet on one,
+            // and the node a participant is sent to finds the claim and keeps them.
+            let best = select_node(&nodes, Some(&self.region)).map_or(&self.node, |n| &n.id);
+            let owner = self.store.claim_room(room, best, self.claim_ttl).await?;
+            Ok::<_, super::ClusterError>(url_of(&owner))
         };
         match placement.await {
             Ok(url) => url,

@@ -23,6 +23,8 @@ struct Inner {
     nodes: HashMap<NodeId, (NodeStatus, Instant)>,
     /// Participants live exactly as long as their node.
     participants: HashMap<ParticipantId, (NodeId, RoomId)>,
+    /// Room claims and when they expire unless the owner still carries the room.
+    owners: HashMap<RoomId, (NodeId, Instant)>,
 }
 
 impl Inner {
@@ -31,6 +33,12 @@ impl Inner {
         let nodes = &self.nodes;
         self.participants
             .retain(|_, (node, _)| nodes.contains_key(node));
+        let participants = &self.participants;
+        // A claim lasts while its owner is alive and carries the room, or until it expires.
+        self.owners.retain(|room, (owner, expires)| {
+            nodes.contains_key(owner)
+                && (*expires > now || participants.values().any(|(n, r)| n == owner && r == room))
+        });
     }
 }
 
@@ -90,12 +98,25 @@ impl ClusterState for MemoryCluster {
         node: &NodeId,
     ) -> Result<(), ClusterError> {
         let mut inner = self.lock();
-        if inner
+        let placed_here = matches!(inner.participants.get(&participant), Some((n, _)) if n == node);
+        if !placed_here {
+            return Ok(());
+        }
+        let Some((_, room)) = inner.participants.remove(&participant) else {
+            return Ok(());
+        };
+        // The room's last participant on this node left: its claim ends.
+        let still_here = inner
             .participants
-            .get(&participant)
-            .is_some_and(|(n, _)| n == node)
+            .values()
+            .any(|(n, r)| n == node && *r == room);
+        if !still_here
+            && inner
+                .owners
+                .get(&room)
+                .is_some_and(|(owner, _)| owner == node)
         {
-            inner.participants.remove(&participant);
+            inner.owners.remove(&room);
         }
         Ok(())
     }
@@ -106,6 +127,21 @@ impl ClusterState for MemoryCluster {
             .participants
             .get(&participant)
             .map(|(node, _)| node.clone()))
+    }
+
+    async fn claim_room(
+        &self,
+        room: &RoomId,
+        node: &NodeId,
+        ttl: Duration,
+    ) -> Result<NodeId, ClusterError> {
+        let expires = Instant::now() + ttl;
+        let mut inner = self.lock();
+        let (owner, _) = inner
+            .owners
+            .entry(room.clone())
+            .or_insert_with(|| (node.clone(), expires));
+        Ok(owner.clone())
     }
 
     async fn room_nodes(&self, room: &RoomId) -> Result<Vec<NodeId>, ClusterError> {

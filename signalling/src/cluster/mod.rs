@@ -91,4 +91,15 @@ pub trait ClusterState: Send + Sync {
 
     /// The live nodes carrying participants of `room`, in id order.
     async fn room_nodes(&self, room: &RoomId) -> Result<Vec<NodeId>, ClusterError>;
+
+    /// Makes `node` the owner of `room` unless a live node owns it already; returns the owner.
+    /// The first claim wins, so that two people opening the same new room on two nodes at once
+    /// meet on one. A claim lives for `ttl`, renewed by the owner's heartbeats while it carries
+    /// the room, and ends when the room's last participant there leaves.
+    async fn claim_room(
+        &self,
+        room: &RoomId,
+        node: &NodeId,
+        ttl: Duration,
+    ) -> Result<NodeId, ClusterError>;
 }

@@ -8,7 +8,8 @@
 //!   room → participants on the node; both expiring with the heartbeat;
 //! - `{p}:participant:{id}`: the participant's node, expiring with the heartbeat;
 //! - `{p}:room:{room}`: sorted set of the nodes carrying the room, scored by expiry;
-//! - `{p}:epochs`: a counter; every node start takes the next value (participant ids).
+//! - `{p}:epochs`: a counter; every node start takes the next value (participant ids);
+//! - `{p}:room-owner:{room}`: the node that claimed the room, renewed by its heartbeats.
 //!
 //! A heartbeat renews all of a node's keys, so a dead node's keys vanish within one TTL.
 
@@ -38,6 +39,13 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Renews a room claim only if this node holds it.
+const RENEW_CLAIM: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+/// Ends a room claim only if this node holds it.
+const RELEASE_CLAIM: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 fn ttl_ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
@@ -83,6 +91,10 @@ impl RedisCluster {
 
     fn room_key(&self, room: &str) -> String {
         format!("{}:room:{room}", self.prefix)
+    }
+
+    fn owner_key(&self, room: &str) -> String {
+        format!("{}:room-owner:{room}", self.prefix)
     }
 
     async fn is_live(&self, node: &str) -> Result<bool, ClusterError> {
@@ -141,6 +153,13 @@ impl ClusterState for RedisCluster {
                 .zrembyscore(&key, "-inf", now)
                 .ignore()
                 .pexpire(&key, ttl as i64)
+                .ignore()
+                .cmd("EVAL")
+                .arg(RENEW_CLAIM)
+                .arg(1)
+                .arg(self.owner_key(&room))
+                .arg(node.as_str())
+                .arg(ttl)
                 .ignore();
         }
         renew.query_async::<()>(&mut con).await?;
@@ -170,7 +189,15 @@ impl ClusterState for RedisCluster {
                 .ignore();
         }
         for room in rooms {
-            remove.zrem(self.room_key(&room), node.as_str()).ignore();
+            remove
+                .zrem(self.room_key(&room), node.as_str())
+                .ignore()
+                .cmd("EVAL")
+                .arg(RELEASE_CLAIM)
+                .arg(1)
+                .arg(self.owner_key(&room))
+                .arg(node.as_str())
+                .ignore();
         }
         remove
             .del(&[
@@ -285,6 +312,12 @@ impl ClusterState for RedisCluster {
                 .ignore()
                 .zrem(self.room_key(&room), node.as_str())
                 .ignore()
+                .cmd("EVAL")
+                .arg(RELEASE_CLAIM)
+                .arg(1)
+                .arg(self.owner_key(&room))
+                .arg(node.as_str())
+                .ignore()
                 .query_async::<()>(&mut con)
                 .await?;
         }
@@ -306,6 +339,42 @@ impl ClusterState for RedisCluster {
         NodeId::new(&node)
             .map(Some)
             .map_err(|e| ClusterError::Corrupt(e.to_string()))
+    }
+
+    async fn claim_room(
+        &self,
+        room: &RoomId,
+        node: &NodeId,
+        ttl: Duration,
+    ) -> Result<NodeId, ClusterError> {
+        let mut con = self.connection.clone();
+        let key = self.owner_key(room.as_str());
+        let ttl = ttl_ms(ttl);
+        // SET … NX GET: sets the claim if there is none, and returns the one there was.
+        let held: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(node.as_str())
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl)
+            .query_async(&mut con)
+            .await?;
+        let Some(owner) = held else {
+            return Ok(node.clone());
+        };
+        if owner != node.as_str() && !self.is_live(&owner).await? {
+            // The owner died without releasing it: take the room over.
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(node.as_str())
+                .arg("PX")
+                .arg(ttl)
+                .query_async::<()>(&mut con)
+                .await?;
+            return Ok(node.clone());
+        }
+        NodeId::new(&owner).map_err(|e| ClusterError::Corrupt(e.to_string()))
     }
 
     async fn room_nodes(&self, room: &RoomId) -> Result<Vec<NodeId>, ClusterError> {
