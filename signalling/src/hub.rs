@@ -742,15 +742,33 @@ impl Hub {
         }
     }
 
-    /// Tells every client the server is going away and stops accepting joins.
-    pub fn shutdown(&self) {
-        let outboxes = self.rooms().all_outboxes();
-        for outbox in outboxes {
-            let _ = outbox.try_send(ServerMessage::Bye {
-                reason: LeaveReason::ServerShutdown,
-            });
-        }
+    /// Stops accepting joins and tells every client the server is going away. In a cluster each
+    /// meeting is handed over to another node first and its participants get `moved` (they
+    /// rejoin there); meetings no node can take end with `bye`.
+    pub async fn shutdown(&self) {
         self.0.shutdown.cancel();
+        let rooms = self.rooms().outboxes_by_room();
+        if let Some(cluster) = &self.0.cluster {
+            cluster.draining.store(true, Ordering::Relaxed);
+        }
+        for (room, outboxes) in rooms {
+            let moved = match &self.0.cluster {
+                Some(cluster) => cluster.hand_over(&room).await,
+                None => None,
+            };
+            let message = match moved {
+                Some(url) => {
+                    info!(room = %room, %url, "meeting handed over to another node");
+                    ServerMessage::Moved { url }
+                }
+                None => ServerMessage::Bye {
+                    reason: LeaveReason::ServerShutdown,
+                },
+            };
+            for outbox in outboxes {
+                let _ = outbox.try_send(message.clone());
+            }
+        }
         let participants = self.rooms().all_participants();
         for participant in participants {
             self.0.sfu.remove_peer(participant);

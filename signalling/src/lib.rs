@@ -43,7 +43,7 @@ pub async fn serve(
     axum::serve(listener, app(hub.clone()))
         .with_graceful_shutdown(async move {
             shutdown.await;
-            drain.shutdown();
+            drain.shutdown().await;
         })
         .await?;
     hub.sessions().close();

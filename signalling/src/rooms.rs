@@ -357,11 +357,18 @@ impl Rooms {
     }
 
     /// Every connected outbox, for shutdown.
-    pub fn all_outboxes(&self) -> Vec<Outbox> {
+    /// Every room with the sockets of its members.
+    pub fn outboxes_by_room(&self) -> Vec<(RoomId, Vec<Outbox>)> {
         self.rooms
-            .values()
-            .flat_map(|r| r.members.values())
-            .filter_map(|m| m.outbox.clone())
+            .iter()
+            .map(|(id, r)| {
+                let outboxes = r
+                    .members
+                    .values()
+                    .filter_map(|m| m.outbox.clone())
+                    .collect();
+                (id.clone(), outboxes)
+            })
             .collect()
     }
 

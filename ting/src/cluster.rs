@@ -4,6 +4,8 @@
 //! and expires after [`HEARTBEAT_TTL`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,6 +26,8 @@ pub struct Membership {
     store: RedisCluster,
     status: NodeStatus,
     participants: IntGauge,
+    /// Set by the hub while it hands its meetings over before stopping.
+    draining: Arc<AtomicBool>,
 }
 
 impl Membership {
@@ -32,6 +36,7 @@ impl Membership {
         config: &ClusterConfig,
         http_addr: SocketAddr,
         participants: IntGauge,
+        draining: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
         let store = RedisCluster::connect(&config.redis_url, &config.key_prefix)
             .await
@@ -50,6 +55,7 @@ impl Membership {
                 draining: false,
             },
             participants,
+            draining,
         };
         membership
             .beat()
@@ -68,6 +74,7 @@ impl Membership {
     async fn beat(&self) -> anyhow::Result<bool> {
         let mut status = self.status.clone();
         status.participants = u32::try_from(self.participants.get().max(0)).unwrap_or(u32::MAX);
+        status.draining = self.draining.load(Ordering::Relaxed);
         Ok(self.store.heartbeat(&status, HEARTBEAT_TTL).await?)
     }
 

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use prometheus::Registry;
@@ -130,6 +131,7 @@ pub async fn start(
         .await
         .with_context(|| format!("binding HTTP port {}", config.http_port))?;
     let http_addr = listener.local_addr()?;
+    let draining = Arc::new(AtomicBool::new(false));
     let membership = match &config.cluster {
         Some(cluster) => {
             // Clients reach this node where its media is: the first host candidate's address.
@@ -137,7 +139,8 @@ pub async fn start(
                 media_addrs.first().map_or(http_addr.ip(), |a| a.ip()),
                 http_addr.port(),
             );
-            Some(Membership::join(cluster, advertised, sfu_metrics.peers.clone()).await?)
+            let gauge = sfu_metrics.peers.clone();
+            Some(Membership::join(cluster, advertised, gauge, draining.clone()).await?)
         }
         None => None,
     };
@@ -152,6 +155,7 @@ pub async fn start(
                 region: cluster.region.clone(),
                 directory,
                 claim_ttl: HEARTBEAT_TTL,
+                draining,
             })
         }
         _ => None,

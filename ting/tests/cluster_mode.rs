@@ -279,3 +279,56 @@ async fn newcomers_are_moved_to_the_node_that_serves_their_room() {
     one.shutdown().await;
     two.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_node_hands_its_meetings_over() {
+    let prefix = format!("ting-test:handover:{:x}", rand::random::<u64>());
+    let store = RedisCluster::connect(&redis_url(), &prefix).await.unwrap();
+    let one = TestServer::start_in_cluster(node(&prefix, "node-1")).await;
+    let two = TestServer::start_in_cluster(node(&prefix, "node-2")).await;
+    let ws_two = format!("ws://{}/ws", two.http);
+
+    let alice_token = one.token("r1", "alice", Role::Host);
+    let bob_token = one.token("r1", "bob", Role::Speaker);
+    let (mut alice, _) = Client::join(&one, &alice_token).await;
+    let (mut bob, _) = Client::join(&one, &bob_token).await;
+
+    // node-1 stops (SIGTERM in production): the meeting moves to node-2, everyone is told.
+    let stopping = tokio::spawn(one.shutdown());
+    for client in [&mut alice, &mut bob] {
+        let moved = loop {
+            match client.recv().await.expect("told before the socket closes") {
+                ServerMessage::Moved { url } => break url,
+                _ => continue,
+            }
+        };
+        assert_eq!(moved, ws_two);
+    }
+    drop((alice, bob));
+    stopping.await.unwrap();
+
+    // They rejoin on node-2 as new participants and meet there.
+    let mut alice = Client::connect_url(&ws_two).await;
+    alice.send(&common::join(&alice_token, None)).await;
+    assert!(matches!(
+        alice.recv().await,
+        Some(ServerMessage::Joined { .. })
+    ));
+    let mut bob = Client::connect_url(&ws_two).await;
+    bob.send(&common::join(&bob_token, None)).await;
+    match bob.recv().await {
+        Some(ServerMessage::Joined { participants, .. }) => {
+            assert!(
+                participants.iter().any(|p| p.identity == "alice"),
+                "{participants:?}"
+            );
+        }
+        other => panic!("bob did not rejoin: {other:?}"),
+    }
+    let room = RoomId::new("r1").unwrap();
+    eventually("r1 is on node-2 alone", || async {
+        store.room_nodes(&room).await.unwrap() == [NodeId::new("node-2").unwrap()]
+    })
+    .await;
+    two.shutdown().await;
+}

@@ -1,6 +1,6 @@
 // Cluster mode in the browser: two `ting serve` nodes joined through Redis (started by the test
 // command). Bob opens the meeting link of a room that node-1 serves on node-2: his client is
-// `moved` to node-1 and meets Alice there.
+// `moved` to node-1 and meets Alice there. Then node-1 stops and hands the meeting to node-2.
 //
 //   TING_BIN=target/debug/ting node --test web/e2e/cluster.test.mjs
 
@@ -36,7 +36,7 @@ after(async () => {
   await Promise.all(nodes.map((n) => n.stop()));
 });
 
-test('a participant who opens the room on another node is moved to the node that serves it', { timeout: 90_000 }, async () => {
+test('a participant who opens the room on another node is moved to it; a stopping node hands the meeting over', { timeout: 90_000 }, async () => {
   const [one, two] = nodes;
   const alice = await openBrowser('Alice');
   people.push(alice);
@@ -54,4 +54,20 @@ test('a participant who opens the room on another node is moved to the node that
   await tile(bob.page, aliceId).waitFor({ state: 'visible', timeout: 15_000 });
   await tile(alice.page, bobId).waitFor({ state: 'visible', timeout: 15_000 });
   await eventually(15_000, 'Bob receives Alice\'s media', async () => (await growingStreams(bob.page)).length > 0);
+
+  // node-1 stops (SIGTERM): it hands the meeting over to node-2; both rejoin there by
+  // themselves and meet again, with media.
+  await one.stop();
+  const onNodeTwo = `${two.base.replace('http://', 'ws://')}/ws`;
+  for (const person of [alice, bob]) {
+    await person.page.waitForFunction(
+      (url) => window.ting.signallingUrl === url && window.ting.state === 'joined',
+      onNodeTwo,
+      { timeout: 20_000 },
+    );
+  }
+  const [aliceAgain, bobAgain] = await Promise.all([alice, bob].map((p) => p.page.evaluate(() => window.ting.participantId)));
+  await tile(bob.page, aliceAgain).waitFor({ state: 'visible', timeout: 15_000 });
+  await tile(alice.page, bobAgain).waitFor({ state: 'visible', timeout: 15_000 });
+  await eventually(15_000, 'Bob receives Alice\'s media on node-2', async () => (await growingStreams(bob.page)).length > 0);
 });

@@ -161,13 +161,18 @@ export class Signalling {
         this.handlers.waiting(msg.room);
         return;
       case 'moved':
-        if (this.joinedOnSocket) return;
         if (++this.moves > MAX_MOVES) {
           this.finish({ kind: 'error', code: 'unavailable', message: 'the cluster keeps sending this room elsewhere' }, 0, false);
           return;
         }
-        // The node that serves this room is elsewhere in the cluster: join there instead.
+        // The node that serves this room is elsewhere in the cluster: join there instead. In a
+        // meeting this is a node stopping after handing the meeting over: rejoin there as a new
+        // participant (the resume token belonged to the old node).
         this.url = msg.url;
+        if (this.joinedOnSocket) {
+          this.resumeToken = null;
+          this.handlers.resumeFailed();
+        }
         this.detachSocket();
         this.open();
         return;

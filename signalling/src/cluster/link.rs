@@ -2,6 +2,7 @@
 //! to publish who is here.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ting_protocol::{NodeId, RoomId};
@@ -17,6 +18,9 @@ pub struct ClusterLink {
     pub directory: Directory,
     /// How long a room claimed for a node waits for its first participant there.
     pub claim_ttl: Duration,
+    /// Set when the node hands its meetings over before it stops; its heartbeats say so, and
+    /// placement sends nobody new here.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl ClusterLink {
@@ -38,13 +42,15 @@ impl ClusterLink {
                     .find(|n| n.id == *id && n.id != self.node)
                     .map(|n| n.http_url.clone())
             };
-            if let Some(host) = hosts.first() {
-                return Ok(url_of(host));
-            }
-            // A new room: claim it for the best node (this one if none is better). The first
-            // claim wins, so people opening the room at once on different nodes meet on one,
-            // and the node a participant is sent to finds the claim and keeps them.
-            let best = select_node(&nodes, Some(&self.region)).map_or(&self.node, |n| &n.id);
+            // The room's claim decides. A running room is claimed by the node carrying it
+            // (unless that node handed it over while draining); a new room is claimed for the
+            // best node (this one if none is better). The first claim wins, so people opening
+            // a room at once on different nodes meet on one, and the node a participant is sent
+            // to finds the claim and keeps them.
+            let best = match hosts.first() {
+                Some(host) => host,
+                None => select_node(&nodes, Some(&self.region)).map_or(&self.node, |n| &n.id),
+            };
             let owner = self.store.claim_room(room, best, self.claim_ttl).await?;
             Ok::<_, super::ClusterError>(url_of(&owner))
         };
@@ -52,6 +58,35 @@ impl ClusterLink {
             Ok(url) => url,
             Err(e) => {
                 warn!(room = %room, "cluster placement unavailable, serving here: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl ClusterLink {
+    /// Hands `room` over to the least loaded other open node before this one stops; returns
+    /// that node's WebSocket URL for the room's participants, or `None` when no node can take
+    /// it (the meeting then ends here).
+    pub async fn hand_over(&self, room: &RoomId) -> Option<String> {
+        let nodes = match self.store.live_nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                warn!(room = %room, "cannot hand the meeting over: {e}");
+                return None;
+            }
+        };
+        let others: Vec<_> = nodes.into_iter().filter(|n| n.id != self.node).collect();
+        let target = select_node(&others, Some(&self.region))?;
+        match self
+            .store
+            .hand_over_room(room, &self.node, &target.id, self.claim_ttl)
+            .await
+        {
+            Ok(true) => Some(websocket_url(&target.http_url)),
+            Ok(false) => None,
+            Err(e) => {
+                warn!(room = %room, "cannot hand the meeting over: {e}");
                 None
             }
         }

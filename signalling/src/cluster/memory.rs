@@ -144,6 +144,26 @@ impl ClusterState for MemoryCluster {
         Ok(owner.clone())
     }
 
+    async fn hand_over_room(
+        &self,
+        room: &RoomId,
+        from: &NodeId,
+        to: &NodeId,
+        ttl: Duration,
+    ) -> Result<bool, ClusterError> {
+        let mut inner = self.lock();
+        let held = inner
+            .owners
+            .get(room)
+            .is_none_or(|(owner, _)| owner == from);
+        if held {
+            inner
+                .owners
+                .insert(room.clone(), (to.clone(), Instant::now() + ttl));
+        }
+        Ok(held)
+    }
+
     async fn room_nodes(&self, room: &RoomId) -> Result<Vec<NodeId>, ClusterError> {
         let nodes: BTreeSet<NodeId> = self
             .lock()

@@ -89,6 +89,16 @@ pub trait ClusterState: Send + Sync {
     /// The node carrying the participant's media, if any live node does.
     async fn node_of(&self, participant: ParticipantId) -> Result<Option<NodeId>, ClusterError>;
 
+    /// Passes the claim on `room` from `from` to `to` (a draining node hands its meetings
+    /// over); false when `from` did not hold it.
+    async fn hand_over_room(
+        &self,
+        room: &RoomId,
+        from: &NodeId,
+        to: &NodeId,
+        ttl: Duration,
+    ) -> Result<bool, ClusterError>;
+
     /// The live nodes carrying participants of `room`, in id order.
     async fn room_nodes(&self, room: &RoomId) -> Result<Vec<NodeId>, ClusterError>;
 

@@ -43,6 +43,10 @@ fn now_ms() -> u64 {
 /// Renews a room claim only if this node holds it.
 const RENEW_CLAIM: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+/// Passes a room claim on if this node holds it (or nobody does).
+const HAND_OVER_CLAIM: &str = "local held = redis.call('GET', KEYS[1]) \
+    if held == false or held == ARGV[1] then \
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end return 0";
 /// Ends a room claim only if this node holds it.
 const RELEASE_CLAIM: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
@@ -375,6 +379,25 @@ impl ClusterState for RedisCluster {
             return Ok(node.clone());
         }
         NodeId::new(&owner).map_err(|e| ClusterError::Corrupt(e.to_string()))
+    }
+
+    async fn hand_over_room(
+        &self,
+        room: &RoomId,
+        from: &NodeId,
+        to: &NodeId,
+        ttl: Duration,
+    ) -> Result<bool, ClusterError> {
+        let passed: i64 = redis::cmd("EVAL")
+            .arg(HAND_OVER_CLAIM)
+            .arg(1)
+            .arg(self.owner_key(room.as_str()))
+            .arg(from.as_str())
+            .arg(to.as_str())
+            .arg(ttl_ms(ttl))
+            .query_async(&mut self.connection.clone())
+            .await?;
+        Ok(passed == 1)
     }
 
     async fn room_nodes(&self, room: &RoomId) -> Result<Vec<NodeId>, ClusterError> {
