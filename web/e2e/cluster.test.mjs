@@ -71,3 +71,43 @@ test('a participant who opens the room on another node is moved to it; a stoppin
   await tile(alice.page, bobAgain).waitFor({ state: 'visible', timeout: 15_000 });
   await eventually(15_000, 'Bob receives Alice\'s media on node-2', async () => (await growingStreams(bob.page)).length > 0);
 });
+
+test('when a node crashes, its meeting re-forms on another node by itself', { timeout: 120_000 }, async () => {
+  const prefix = `ting-e2e:${randomBytes(6).toString('hex')}`;
+  const args = (id) => ['--tcp-port', '0', '--redis', REDIS, '--redis-prefix', prefix, '--node-id', id, '--token-secret', SECRET];
+  const crashing = await startServer(TING_BIN, args('e2e-a'));
+  const surviving = await startServer(TING_BIN, args('e2e-b'));
+  nodes.push(crashing, surviving);
+  const wsOf = (node) => `${node.base.replace('http://', 'ws://')}/ws`;
+
+  // Both open the link on the surviving node (as behind a load balancer) and are moved to the
+  // other one, which takes the new room (equal load: the smaller id).
+  const carol = await openBrowser('Carol');
+  const dave = await openBrowser('Dave');
+  people.push(carol, dave);
+  await joinViaLanding(carol, surviving.base, 'crash-room');
+  await joinViaLanding(dave, surviving.base, 'crash-room');
+  for (const person of [carol, dave]) {
+    assert.equal(await person.page.evaluate(() => window.ting.signallingUrl), wsOf(crashing));
+  }
+  const tile = (page, id) => page.locator(`.tile[data-participant-id="${id}"][data-source="camera"]`);
+  const carolId = await carol.page.evaluate(() => window.ting.participantId);
+  await tile(dave.page, carolId).waitFor({ state: 'visible', timeout: 15_000 });
+
+  // kill -9: no hand-over. The clients fall back to where they came from, and the meeting
+  // re-forms there once the dead node's entries expire.
+  const killedAt = Date.now();
+  crashing.kill();
+  for (const person of [carol, dave]) {
+    await person.page.waitForFunction(
+      (url) => window.ting.signallingUrl === url && window.ting.state === 'joined',
+      wsOf(surviving),
+      { timeout: 30_000 },
+    );
+  }
+  const [carolAgain, daveAgain] = await Promise.all([carol, dave].map((p) => p.page.evaluate(() => window.ting.participantId)));
+  await tile(dave.page, carolAgain).waitFor({ state: 'visible', timeout: 15_000 });
+  await tile(carol.page, daveAgain).waitFor({ state: 'visible', timeout: 15_000 });
+  await eventually(15_000, 'Dave receives Carol\'s media again', async () => (await growingStreams(dave.page, 1000)).length > 0);
+  console.log(`# meeting re-formed with media ${((Date.now() - killedAt) / 1000).toFixed(1)} s after kill -9`);
+});

@@ -39,6 +39,8 @@ const FIRST_BACKOFF_MS = 500;
 const DEFAULT_GRACE_SECS = 30;
 /** How many `moved` answers one join follows. */
 const MAX_MOVES = 3;
+/** Failed reconnects to the node we were moved to before going back to our origin. */
+const FAILOVER_AFTER_ATTEMPTS = 2;
 /** Errors that answer `join` and make retrying pointless. */
 const FATAL_JOIN_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'invalid_token',
@@ -68,6 +70,8 @@ export class Signalling {
 
   /** `moved` answers followed since the last successful join (a loop would be a misconfigured cluster). */
   private moves = 0;
+  /** Where this page's signalling started (in a cluster, often a load balancer). */
+  private readonly origin: string;
 
   constructor(
     private url: string,
@@ -75,7 +79,9 @@ export class Signalling {
     private readonly handlers: SignallingHandlers,
     /** The room the user means to join; the server refuses a token for another room. */
     private readonly room?: string,
-  ) {}
+  ) {
+    this.origin = url;
+  }
 
   /** The WebSocket URL in use: where the last `moved` sent us, or where we started. */
   get currentUrl(): string {
@@ -235,6 +241,13 @@ export class Signalling {
     }
     const delay = Math.min(FIRST_BACKOFF_MS * 2 ** this.attempt, left);
     this.attempt += 1;
+    // The node we were moved to is gone (a crash, not a clean stop): go back to where we
+    // started; that node finds the meeting (or re-forms it) and sends us on.
+    if (this.attempt > FAILOVER_AFTER_ATTEMPTS && this.url !== this.origin) {
+      this.url = this.origin;
+    }
+    // A drop is not a redirect loop: count `moved` afresh.
+    this.moves = 0;
     this.handlers.reconnecting(this.attempt, delay);
     this.reconnectTimer = window.setTimeout(() => this.open(), delay);
   }
