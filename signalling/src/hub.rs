@@ -751,11 +751,15 @@ impl Hub {
         if let Some(cluster) = &self.0.cluster {
             cluster.draining.store(true, Ordering::Relaxed);
         }
-        for (room, outboxes) in rooms {
-            let moved = match &self.0.cluster {
-                Some(cluster) => cluster.hand_over(&room).await,
-                None => None,
-            };
+        let sizes: Vec<(RoomId, u32)> = rooms
+            .iter()
+            .map(|(room, outboxes)| (room.clone(), outboxes.len() as u32))
+            .collect();
+        let targets = match &self.0.cluster {
+            Some(cluster) => cluster.hand_over(&sizes).await,
+            None => vec![None; rooms.len()],
+        };
+        for ((room, outboxes), moved) in rooms.into_iter().zip(targets) {
             let message = match moved {
                 Some(url) => {
                     info!(room = %room, %url, "meeting handed over to another node");

@@ -65,31 +65,47 @@ impl ClusterLink {
 }
 
 impl ClusterLink {
-    /// Hands `room` over to the least loaded other open node before this one stops; returns
-    /// that node's WebSocket URL for the room's participants, or `None` when no node can take
-    /// it (the meeting then ends here).
-    pub async fn hand_over(&self, room: &RoomId) -> Option<String> {
-        let nodes = match self.store.live_nodes().await {
-            Ok(nodes) => nodes,
+    /// Hands every meeting over to other open nodes before this one stops, each to the least
+    /// loaded counting the meetings already handed over (so that a big node's meetings spread
+    /// instead of landing on one node). `rooms` are (room, participants); returns, in the same
+    /// order, the WebSocket URL its participants go to, or `None` when no node can take it (the
+    /// meeting then ends here).
+    pub async fn hand_over(&self, rooms: &[(RoomId, u32)]) -> Vec<Option<String>> {
+        let mut others: Vec<_> = match self.store.live_nodes().await {
+            Ok(nodes) => nodes.into_iter().filter(|n| n.id != self.node).collect(),
             Err(e) => {
-                warn!(room = %room, "cannot hand the meeting over: {e}");
-                return None;
+                warn!("cannot hand the meetings over: {e}");
+                return vec![None; rooms.len()];
             }
         };
-        let others: Vec<_> = nodes.into_iter().filter(|n| n.id != self.node).collect();
-        let target = select_node(&others, Some(&self.region))?;
-        match self
-            .store
-            .hand_over_room(room, &self.node, &target.id, self.claim_ttl)
-            .await
-        {
-            Ok(true) => Some(websocket_url(&target.http_url)),
-            Ok(false) => None,
-            Err(e) => {
-                warn!(room = %room, "cannot hand the meeting over: {e}");
-                None
+        let mut targets = Vec::with_capacity(rooms.len());
+        for (room, participants) in rooms {
+            let Some(target) = select_node(&others, Some(&self.region)).map(|n| n.id.clone())
+            else {
+                targets.push(None);
+                continue;
+            };
+            let passed = self
+                .store
+                .hand_over_room(room, &self.node, &target, self.claim_ttl)
+                .await;
+            let Some(node) = others.iter_mut().find(|n| n.id == target) else {
+                targets.push(None);
+                continue;
+            };
+            match passed {
+                Ok(true) => {
+                    node.participants = node.participants.saturating_add(*participants);
+                    targets.push(Some(websocket_url(&node.http_url)));
+                }
+                Ok(false) => targets.push(None),
+                Err(e) => {
+                    warn!(room = %room, "cannot hand the meeting over: {e}");
+                    targets.push(None);
+                }
             }
         }
+        targets
     }
 }
 
@@ -105,6 +121,82 @@ pub fn websocket_url(http_url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::atomic::AtomicBool;
+
+    use crate::cluster::{MemoryCluster, NodeStatus};
+
+    fn status(id: &str, participants: u32, capacity: u32) -> NodeStatus {
+        NodeStatus {
+            id: NodeId::new(id).unwrap(),
+            region: "eu".into(),
+            http_url: format!("http://{id}:8080"),
+            relay_addr: None,
+            participants,
+            capacity,
+            draining: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopping_nodes_meetings_spread_over_the_others_within_their_capacity() {
+        let store = Arc::new(MemoryCluster::default());
+        let ttl = Duration::from_secs(30);
+        for node in [
+            status("leaving", 90, 100),
+            status("b", 10, 100),
+            status("c", 10, 40),
+        ] {
+            store.heartbeat(&node, ttl).await.unwrap();
+        }
+        let (directory, _task) =
+            Directory::spawn(store.clone(), NodeId::new("leaving").unwrap(), ttl);
+        let link = ClusterLink {
+            store: store.clone(),
+            node: NodeId::new("leaving").unwrap(),
+            region: "eu".into(),
+            directory,
+            claim_ttl: ttl,
+            draining: Arc::new(AtomicBool::new(true)),
+        };
+        let rooms: Vec<(RoomId, u32)> = [("r1", 40), ("r2", 20), ("r3", 20), ("r4", 10)]
+            .into_iter()
+            .map(|(r, n)| (RoomId::new(r).unwrap(), n))
+            .collect();
+        let targets = link.hand_over(&rooms).await;
+        // b (10/100) takes r1 (→ 50 %); c (10/40 = 25 %) then takes r2 (→ 75 %); b (50 %)
+        // takes r3 (→ 70 %); c is now over 70 % and b at 70 %: b takes r4 as well.
+        assert_eq!(
+            targets,
+            vec![
+                Some("ws://b:8080/ws".to_owned()),
+                Some("ws://c:8080/ws".to_owned()),
+                Some("ws://b:8080/ws".to_owned()),
+                Some("ws://b:8080/ws".to_owned()),
+            ]
+        );
+        for ((room, _), target) in rooms.iter().zip(&targets) {
+            let owner = store
+                .claim_room(room, &NodeId::new("x").unwrap(), ttl)
+                .await
+                .unwrap();
+            assert_eq!(
+                Some(websocket_url(&format!("http://{owner}:8080"))),
+                *target
+            );
+        }
+        // With every other node full, a meeting cannot be handed over.
+        let full = MemoryCluster::default();
+        full.heartbeat(&status("leaving", 1, 10), ttl)
+            .await
+            .unwrap();
+        full.heartbeat(&status("b", 10, 10), ttl).await.unwrap();
+        let link = ClusterLink {
+            store: Arc::new(full),
+            ..link
+        };
+        assert_eq!(link.hand_over(&rooms[..1]).await, vec![None]);
+    }
 
     #[test]
     fn websocket_urls_follow_the_http_scheme() {
