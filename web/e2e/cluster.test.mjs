@@ -59,10 +59,12 @@ test('a participant who opens the room on another node is moved to it; a stoppin
   // themselves and meet again, with media.
   await one.stop();
   const onNodeTwo = `${two.base.replace('http://', 'ws://')}/ws`;
-  for (const person of [alice, bob]) {
+  // Rejoined there: a new participant id from node-2 (until then the old session shows).
+  for (const [person, oldId] of [[alice, aliceId], [bob, bobId]]) {
     await person.page.waitForFunction(
-      (url) => window.ting.signallingUrl === url && window.ting.state === 'joined',
-      onNodeTwo,
+      ([url, old]) =>
+        window.ting.signallingUrl === url && window.ting.state === 'joined' && window.ting.participantId !== old,
+      [onNodeTwo, oldId],
       { timeout: 20_000 },
     );
   }
@@ -92,16 +94,18 @@ test('when a node crashes, its meeting re-forms on another node by itself', { ti
   }
   const tile = (page, id) => page.locator(`.tile[data-participant-id="${id}"][data-source="camera"]`);
   const carolId = await carol.page.evaluate(() => window.ting.participantId);
+  const daveId = await dave.page.evaluate(() => window.ting.participantId);
   await tile(dave.page, carolId).waitFor({ state: 'visible', timeout: 15_000 });
 
   // kill -9: no hand-over. The clients fall back to where they came from, and the meeting
   // re-forms there once the dead node's entries expire.
   const killedAt = Date.now();
   crashing.kill();
-  for (const person of [carol, dave]) {
+  for (const [person, oldId] of [[carol, carolId], [dave, daveId]]) {
     await person.page.waitForFunction(
-      (url) => window.ting.signallingUrl === url && window.ting.state === 'joined',
-      wsOf(surviving),
+      ([url, old]) =>
+        window.ting.signallingUrl === url && window.ting.state === 'joined' && window.ting.participantId !== old,
+      [wsOf(surviving), oldId],
       { timeout: 30_000 },
     );
   }
