@@ -35,7 +35,6 @@ fn status(id: &str, participants: u32) -> NodeStatus {
         id: NodeId::new(id).unwrap(),
         region: "eu".into(),
         http_url: format!("http://{id}.test:8080"),
-        relay_addr: Some("10.0.0.1:7883".parse().unwrap()),
         participants,
         capacity: 100,
         draining: false,

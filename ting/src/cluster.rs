@@ -49,7 +49,6 @@ impl Membership {
                 id: config.node_id.clone(),
                 region: config.region.clone(),
                 http_url: format!("http://{http_addr}"),
-                relay_addr: None,
                 participants: 0,
                 capacity: config.capacity,
                 draining: false,

@@ -1091,12 +1091,12 @@ impl Sfu {
             return;
         };
         let video = incoming.kind == MediaKind::Video;
-        if video && !slot.unpaced {
+        if video && !slot.stream_configured {
             // Forwarded video was paced by the publisher's browser already. Pacing it again
             // costs a timer per packet per receiver (most of the CPU of a large meeting) and
             // adds delay; the bandwidth estimate still works from TWCC feedback, and probing
             // still goes through the pacer.
-            slot.unpaced = true;
+            slot.stream_configured = true;
             stream.set_unpaced(true);
             stream.set_rtx_cache(
                 RESEND_BUFFER_PACKETS,

@@ -56,8 +56,9 @@ pub struct Slot {
     pub line: LineContinuity,
     /// The publisher's payload type last seen and the receiver's matching one.
     pub payload_types: Option<(Pt, Pt)>,
-    /// Whether the m-line's send stream was switched to unpaced (see `Sfu::forward`).
-    pub unpaced: bool,
+    /// Whether the m-line's send stream was set up for forwarding: unpaced video and a
+    /// resend cache of its own size (see `Sfu::forward`).
+    pub stream_configured: bool,
 }
 
 /// How long the selector must keep asking for a higher layer before the slot switches up.
@@ -70,7 +71,7 @@ impl Slot {
             track,
             max_height,
             current: None,
-            unpaced: false,
+            stream_configured: false,
             target: None,
             upgrade: None,
             line,

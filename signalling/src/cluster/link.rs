@@ -131,7 +131,6 @@ mod tests {
             id: NodeId::new(id).unwrap(),
             region: "eu".into(),
             http_url: format!("http://{id}:8080"),
-            relay_addr: None,
             participants,
             capacity,
             draining: false,

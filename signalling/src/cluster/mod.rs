@@ -12,7 +12,6 @@ mod memory;
 mod placement;
 mod redis_store;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,8 +32,6 @@ pub struct NodeStatus {
     pub region: String,
     /// Base URL of the node's HTTP and WebSocket endpoint, as clients reach it.
     pub http_url: String,
-    /// Where other nodes reach its media relay.
-    pub relay_addr: Option<SocketAddr>,
     /// Participants whose media it carries now.
     pub participants: u32,
     /// Most participants it takes.

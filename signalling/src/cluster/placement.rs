@@ -41,7 +41,6 @@ mod tests {
             id: NodeId::new(id).unwrap(),
             region: region.into(),
             http_url: format!("https://{id}.example"),
-            relay_addr: None,
             participants,
             capacity,
             draining,
