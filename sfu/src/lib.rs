@@ -15,15 +15,18 @@ pub mod layer;
 mod loss_rate;
 pub mod loudest;
 mod metrics;
+pub mod relay;
 pub mod shell;
 pub mod speaker;
 
 pub use crate::core::{
-    DEFAULT_MAX_SUBSCRIPTIONS, LayerKey, OfferAnswer, PeerOptions, PublishRequest, Sfu, SfuConfig,
-    SfuError, SfuEvent, SfuOutput, SubscribeRequest,
+    DEFAULT_MAX_SUBSCRIPTIONS, LayerKey, OfferAnswer, PeerOptions, PublishRequest, RelayControl,
+    RelayMedia, RelayMessage, RemoteLayer, Sfu, SfuConfig, SfuError, SfuEvent, SfuOutput,
+    SubscribeRequest,
 };
 pub use demux::{Demux, Route};
 pub use metrics::SfuMetrics;
+pub use relay::{LinkError, LinkHandler, NodeLinks};
 pub use shell::{
-    SfuHandle, Shard, ShardError, ShardRouter, ShardSockets, shard_of_room, spawn_shard,
+    RelaySink, SfuHandle, Shard, ShardError, ShardRouter, ShardSockets, shard_of_room, spawn_shard,
 };

@@ -37,6 +37,15 @@ pub struct SfuMetrics {
     pub peer_timeouts: IntCounter,
     /// Time spent per iteration of a shard's loop, in seconds.
     pub loop_seconds: Histogram,
+    /// Media relayed between nodes, by direction and peer node: what crosses each node pair.
+    pub relay_packets: IntCounterVec,
+    pub relay_bytes: IntCounterVec,
+    /// Relayed packets asked for again after loss between nodes.
+    pub relay_nacks: IntCounter,
+    /// Relayed packets that could not be sent (no link to the node yet, too large).
+    pub relay_dropped: IntCounter,
+    /// From a packet's arrival at its origin node to its arrival in the far node's shard.
+    pub relay_hop_seconds: Histogram,
 }
 
 impl SfuMetrics {
@@ -88,7 +97,41 @@ impl SfuMetrics {
                 HistogramOpts::new("ting_sfu_loop_seconds", "Time per shard loop iteration")
                     .buckets(vec![1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]),
             )?,
+            relay_packets: IntCounterVec::new(
+                Opts::new(
+                    "ting_relay_packets_total",
+                    "Media packets relayed between nodes",
+                ),
+                &["direction", "peer"],
+            )?,
+            relay_bytes: IntCounterVec::new(
+                Opts::new(
+                    "ting_relay_bytes_total",
+                    "Bytes of relayed media datagrams between nodes",
+                ),
+                &["direction", "peer"],
+            )?,
+            relay_nacks: IntCounter::new(
+                "ting_relay_nacks_total",
+                "Relayed packets lost between nodes and asked for again",
+            )?,
+            relay_dropped: IntCounter::new(
+                "ting_relay_dropped_total",
+                "Relayed packets not sent: no link to the node, or too large",
+            )?,
+            relay_hop_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ting_relay_hop_seconds",
+                    "Time from the origin node to the far node's shard per relayed packet",
+                )
+                .buckets(vec![1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1]),
+            )?,
         };
+        registry.register(Box::new(metrics.relay_packets.clone()))?;
+        registry.register(Box::new(metrics.relay_bytes.clone()))?;
+        registry.register(Box::new(metrics.relay_nacks.clone()))?;
+        registry.register(Box::new(metrics.relay_dropped.clone()))?;
+        registry.register(Box::new(metrics.relay_hop_seconds.clone()))?;
         registry.register(Box::new(metrics.peers.clone()))?;
         registry.register(Box::new(metrics.tracks.clone()))?;
         registry.register(Box::new(metrics.datagrams.clone()))?;

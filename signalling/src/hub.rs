@@ -8,18 +8,20 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use rand::Rng;
+use ting_protocol::NodeId;
 use ting_protocol::{
     ErrorCode, LeaveReason, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PublishedTrack, Role,
     RoomId, ServerMessage, Subscription, TrackId, TrackInfo, TrackKind, TrackSource,
 };
 use ting_sfu::{
-    PeerOptions, PublishRequest, SfuError, SfuEvent, ShardError, ShardRouter, SubscribeRequest,
+    LinkHandler, PeerOptions, PublishRequest, SfuError, SfuEvent, ShardError, SubscribeRequest,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use crate::cluster::ClusterLink;
+use crate::cluster::{ClusterLink, websocket_url};
+use crate::media::{MediaPlane, Site};
 use crate::metrics::SignallingMetrics;
 use crate::rooms::{Follower, Member, Outbox, Rooms};
 use crate::roster::{FIRST_PAGE, FLUSH_INTERVAL, MAX_PAGE};
@@ -72,7 +74,7 @@ impl HubError {
 impl From<ShardError> for HubError {
     fn from(e: ShardError) -> Self {
         let code = match &e {
-            ShardError::Stopped => ErrorCode::Unavailable,
+            ShardError::Stopped | ShardError::Sfu(SfuError::Unavailable) => ErrorCode::Unavailable,
             ShardError::Sfu(SfuError::InvalidSdp(_)) => ErrorCode::InvalidSdp,
             ShardError::Sfu(SfuError::UnknownTrack(_)) => ErrorCode::UnknownTrack,
             ShardError::Sfu(SfuError::UnknownParticipant) => ErrorCode::NotJoined,
@@ -93,7 +95,7 @@ pub struct Hub(Arc<Inner>);
 struct Inner {
     config: SignallingConfig,
     keys: TokenKeys,
-    sfu: ShardRouter,
+    sfu: MediaPlane,
     rooms: Mutex<Rooms>,
     registry: Registry,
     metrics: SignallingMetrics,
@@ -109,13 +111,14 @@ impl Hub {
     pub fn new(
         config: SignallingConfig,
         keys: TokenKeys,
-        sfu: ShardRouter,
+        sfu: impl Into<MediaPlane>,
         registry: Registry,
         cluster: Option<ClusterLink>,
     ) -> prometheus::Result<Self> {
         let metrics = SignallingMetrics::new(&registry)?;
         let first_participant = config.first_participant_id.max(1);
-        Ok(Self(Arc::new(Inner {
+        let sfu = sfu.into();
+        let hub = Self(Arc::new(Inner {
             cluster,
             config,
             keys,
@@ -124,10 +127,16 @@ impl Hub {
             registry,
             metrics,
             next_participant: AtomicU64::new(first_participant),
-            next_track: AtomicU64::new(1),
+            // Tracks of rooms from several nodes meet in one SFU: their ids come from the
+            // node's cluster-unique range too.
+            next_track: AtomicU64::new(first_participant),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
-        })))
+        }));
+        if let Some(links) = hub.0.sfu.links() {
+            links.set_handler(Arc::new(hub.clone()));
+        }
+        Ok(hub)
     }
 
     pub fn config(&self) -> &SignallingConfig {
@@ -154,8 +163,37 @@ impl Hub {
         &self.0.sessions
     }
 
-    pub(crate) fn sfu(&self) -> &ShardRouter {
+    pub fn media_links(&self) -> Option<&ting_sfu::NodeLinks> {
+        self.0.sfu.links()
+    }
+
+    pub(crate) fn sfu(&self) -> &MediaPlane {
         &self.0.sfu
+    }
+
+    /// Which SFU takes a new participant's media: this node's unless it is full (cluster).
+    pub(crate) async fn place_media(&self) -> Site {
+        let (Some(cluster), Some(links)) = (&self.0.cluster, self.0.sfu.links()) else {
+            return Site::Local;
+        };
+        let plane = &self.0.sfu;
+        let local = plane.count_on(&Site::Local) as u32;
+        let placed_on = |node: &NodeId| {
+            if *node == cluster.node {
+                local
+            } else {
+                plane.count_on(&Site::Remote(node.clone())) as u32
+            }
+        };
+        match cluster.media_node(placed_on).await {
+            Some(status) => {
+                if let Some(addr) = status.relay_addr {
+                    links.learn(&status.id, addr);
+                }
+                Site::Remote(status.id)
+            }
+            None => Site::Local,
+        }
     }
 
     /// In cluster mode, the base URL of the node a new participant of `room` should join
@@ -244,9 +282,10 @@ impl Hub {
                 return Ok((id, 1));
             }
         }
+        let site = self.place_media().await;
         self.0
             .sfu
-            .add_peer(claims.room.clone(), id, media_options(claims.role))
+            .add_peer(claims.room.clone(), id, media_options(claims.role), site)
             .await?;
         self.publish_placement(id, &claims.room);
         let mut rooms = self.rooms();
@@ -439,6 +478,9 @@ impl Hub {
             .collect();
         let answer = self.0.sfu.offer(participant, sdp, publish).await?;
         next.retain(|t| !answer.rejected_tracks.iter().any(|(mid, _)| *mid == t.mid));
+        // The room's other nodes learn the tracks before anyone is told to subscribe to them.
+        let published: Vec<(TrackId, TrackKind)> = next.iter().map(|t| (t.id, t.kind)).collect();
+        self.0.sfu.set_tracks(participant, &published).await;
 
         let room = {
             let mut rooms = self.rooms();
@@ -629,8 +671,18 @@ impl Hub {
         Ok(self.0.sfu.add_candidate(participant, candidate).await?)
     }
 
-    /// Reacts to the media plane.
+    /// Reacts to this node's SFU.
     pub fn on_sfu_event(&self, event: SfuEvent) {
+        self.on_media_event(&Site::Local, event);
+    }
+
+    /// Reacts to the SFU of `source`.
+    fn on_media_event(&self, source: &Site, event: SfuEvent) {
+        if let SfuEvent::ActiveSpeaker { room, .. } = &event
+            && !self.0.sfu.speaks_for_room(room, source)
+        {
+            return;
+        }
         match event {
             SfuEvent::Connected { participant } => {
                 debug!(participant = %participant, "media connected")
@@ -655,6 +707,9 @@ impl Hub {
                     let Some(r) = rooms.room_mut(&room) else {
                         return;
                     };
+                    if r.active_speaker == participant {
+                        return;
+                    }
                     r.active_speaker = participant;
                     r.broadcast(
                         &ServerMessage::ActiveSpeaker {
@@ -785,6 +840,30 @@ impl Hub {
 
     fn new_track_id(&self) -> TrackId {
         TrackId(self.0.next_track.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl LinkHandler for Hub {
+    fn event(&self, from: &NodeId, event: SfuEvent) {
+        self.on_media_event(&Site::Remote(from.clone()), event);
+    }
+
+    /// The node carrying some participants' media is gone: they rejoin (here, and are placed
+    /// on a node that works), as after a `moved`.
+    fn link_lost(&self, node: &NodeId) {
+        let stranded = self.0.sfu.participants_on(node);
+        if stranded.is_empty() {
+            return;
+        }
+        let url = self.0.cluster.as_ref().map(|c| websocket_url(&c.http_url));
+        info!(%node, participants = stranded.len(), "media node lost; its participants rejoin");
+        for participant in stranded {
+            if let Some(url) = &url {
+                self.rooms()
+                    .send_to(participant, ServerMessage::Moved { url: url.clone() });
+            }
+            self.leave(participant, LeaveReason::MediaFailed);
+        }
     }
 }
 

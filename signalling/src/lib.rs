@@ -9,6 +9,7 @@
 pub mod cluster;
 mod http;
 mod hub;
+mod media;
 mod metrics;
 mod moderation;
 mod rooms;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 pub use http::app;
 pub use hub::{Hub, HubError, SignallingConfig};
+pub use media::{MediaPlane, Site};
 pub use metrics::SignallingMetrics;
 use ting_sfu::SfuEvent;
 pub use token::{Claims, TokenError, TokenKeys};
@@ -51,9 +53,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// Feeds the media plane's events to the hub until the shard stops.
+/// Feeds this node's SFU events to the hub until the shards stop; in a cluster, events about
+/// participants whose signalling is on another node go there.
 pub async fn pump_sfu_events(hub: Hub, mut events: mpsc::UnboundedReceiver<SfuEvent>) {
     while let Some(event) = events.recv().await {
-        hub.on_sfu_event(event);
+        let event = match hub.media_links() {
+            Some(links) => links.route_event(event),
+            None => Some(event),
+        };
+        if let Some(event) = event {
+            hub.on_sfu_event(event);
+        }
     }
 }

@@ -329,7 +329,12 @@ impl Hub {
                 return;
             };
             let options = crate::hub::media_options(member.info.role);
-            if let Err(e) = hub.sfu().add_peer(room.clone(), target, options).await {
+            let site = hub.place_media().await;
+            if let Err(e) = hub
+                .sfu()
+                .add_peer(room.clone(), target, options, site)
+                .await
+            {
                 member.send(ServerMessage::Error {
                     code: ErrorCode::Unavailable,
                     message: e.to_string(),

@@ -38,6 +38,7 @@ fn status(id: &str, participants: u32) -> NodeStatus {
         participants,
         capacity: 100,
         draining: false,
+        relay_addr: None,
     }
 }
 

@@ -35,6 +35,7 @@ impl Membership {
     pub async fn join(
         config: &ClusterConfig,
         http_addr: SocketAddr,
+        relay_addr: SocketAddr,
         participants: IntGauge,
         draining: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
@@ -52,6 +53,7 @@ impl Membership {
                 participants: 0,
                 capacity: config.capacity,
                 draining: false,
+                relay_addr: Some(relay_addr),
             },
             participants,
             draining,

@@ -14,6 +14,8 @@ use ting_sfu::DEFAULT_MAX_SUBSCRIPTIONS;
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 pub const DEFAULT_UDP_PORT: u16 = 7882;
 pub const DEFAULT_TCP_PORT: u16 = 7881;
+/// Node links (QUIC, UDP) in cluster mode; clear of the media ports of a few shards.
+pub const DEFAULT_RELAY_PORT: u16 = 7890;
 /// Participants one node takes in cluster mode unless configured.
 pub const DEFAULT_NODE_CAPACITY: u32 = 1000;
 
@@ -84,6 +86,9 @@ pub struct ServeArgs {
     /// Most participants this node takes before the cluster places people elsewhere.
     #[arg(long, env = "TING_NODE_CAPACITY")]
     pub node_capacity: Option<u32>,
+    /// UDP port of the links to the other nodes (QUIC: media relay and remote media calls).
+    #[arg(long, env = "TING_RELAY_PORT")]
+    pub relay_port: Option<u16>,
 }
 
 /// The TOML file; every key is optional.
@@ -110,6 +115,7 @@ pub struct FileConfig {
     pub node_id: Option<String>,
     pub region: Option<String>,
     pub node_capacity: Option<u32>,
+    pub relay_port: Option<u16>,
 }
 
 impl FileConfig {
@@ -131,6 +137,8 @@ pub struct ClusterConfig {
     pub node_id: NodeId,
     pub region: String,
     pub capacity: u32,
+    /// `0`: any free port.
+    pub relay_port: u16,
 }
 
 /// Everything `ting serve` needs, resolved.
@@ -229,6 +237,10 @@ fn resolve_cluster(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Option
             .or(file.node_capacity)
             .unwrap_or(DEFAULT_NODE_CAPACITY)
             .max(1),
+        relay_port: args
+            .relay_port
+            .or(file.relay_port)
+            .unwrap_or(DEFAULT_RELAY_PORT),
     }))
 }
 

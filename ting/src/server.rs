@@ -7,9 +7,9 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use prometheus::Registry;
-use ting_sfu::{SfuConfig, SfuMetrics, ShardRouter, ShardSockets, spawn_shard};
+use ting_sfu::{NodeLinks, SfuConfig, SfuMetrics, ShardRouter, ShardSockets, spawn_shard};
 use ting_signalling::cluster::{ClusterLink, ClusterState, Directory};
-use ting_signalling::{Hub, SignallingConfig, TokenKeys};
+use ting_signalling::{Hub, MediaPlane, SignallingConfig, TokenKeys};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -132,17 +132,30 @@ pub async fn start(
         .with_context(|| format!("binding HTTP port {}", config.http_port))?;
     let http_addr = listener.local_addr()?;
     let draining = Arc::new(AtomicBool::new(false));
-    let membership = match &config.cluster {
-        Some(cluster) => {
-            // Clients reach this node where its media is: the first host candidate's address.
-            let advertised = SocketAddr::new(
-                media_addrs.first().map_or(http_addr.ip(), |a| a.ip()),
-                http_addr.port(),
-            );
-            let gauge = sfu_metrics.peers.clone();
-            Some(Membership::join(cluster, advertised, gauge, draining.clone()).await?)
-        }
+    // Clients and other nodes reach this node where its media is: the first host candidate's
+    // address.
+    let advertised_ip = media_addrs.first().map_or(http_addr.ip(), |a| a.ip());
+    let advertised = SocketAddr::new(advertised_ip, http_addr.port());
+    let links = match &config.cluster {
+        Some(cluster) => Some(
+            NodeLinks::start(
+                cluster.node_id.clone(),
+                SocketAddr::new(config.bind, cluster.relay_port),
+                &config.token_secret,
+                router.clone(),
+                sfu_metrics.clone(),
+            )
+            .with_context(|| format!("starting node links on port {}", cluster.relay_port))?,
+        ),
         None => None,
+    };
+    let membership = match (&config.cluster, &links) {
+        (Some(cluster), Some(links)) => {
+            let relay_addr = SocketAddr::new(advertised_ip, links.local_addr()?.port());
+            let gauge = sfu_metrics.peers.clone();
+            Some(Membership::join(cluster, advertised, relay_addr, gauge, draining.clone()).await?)
+        }
+        _ => None,
     };
     let link = match (&membership, &config.cluster) {
         (Some(membership), Some(cluster)) => {
@@ -156,6 +169,7 @@ pub async fn start(
                 directory,
                 claim_ttl: HEARTBEAT_TTL,
                 draining,
+                http_url: format!("http://{advertised}"),
             })
         }
         _ => None,
@@ -181,7 +195,7 @@ pub async fn start(
     let hub = Hub::new(
         signalling,
         TokenKeys::new(&config.token_secret)?,
-        router,
+        MediaPlane::new(router, links.clone()),
         registry,
         link,
     )?;
@@ -190,6 +204,10 @@ pub async fn start(
     let heartbeats = membership.map(|m| m.spawn_heartbeats(stopped, directory.clone()));
     let task = tokio::spawn(async move {
         let served = ting_signalling::serve(listener, hub, shutdown).await;
+        // Other nodes learn at once that this one is gone (its participants there rejoin).
+        if let Some(links) = &links {
+            links.close();
+        }
         let _ = stop_heartbeats.send(true);
         if let Some(heartbeats) = heartbeats {
             let _ = heartbeats.await;

@@ -23,6 +23,7 @@ fn node(prefix: &str, id: &str) -> ClusterConfig {
         node_id: NodeId::new(id).unwrap(),
         region: "eu-test".into(),
         capacity: 50,
+        relay_port: 0,
     }
 }
 

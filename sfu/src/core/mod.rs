@@ -7,6 +7,7 @@
 
 mod packet;
 mod peer;
+mod relay;
 mod rewrite;
 mod track;
 
@@ -18,11 +19,12 @@ use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::format::PayloadParams;
+use str0m::media::MediaTime;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rids};
 use str0m::net::{DatagramRecv, Protocol, Receive, TcpType, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
-use ting_protocol::{ParticipantId, RoomId, TrackId, TrackKind};
+use ting_protocol::{NodeId, ParticipantId, RoomId, TrackId, TrackKind};
 use tracing::{debug, trace};
 
 use crate::demux::{Demux, Route, is_stun};
@@ -33,6 +35,8 @@ use crate::metrics::SfuMetrics;
 use crate::speaker::SpeakerDetector;
 use packet::VideoPacket;
 use peer::{Peer, Slot};
+use relay::RelayBook;
+pub use relay::{RelayControl, RelayMedia, RelayMessage, RemoteLayer};
 pub use track::LayerKey;
 use track::Track;
 
@@ -89,7 +93,7 @@ impl Default for SfuConfig {
 }
 
 /// How one participant's media connection is set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerOptions {
     /// Send-side bandwidth estimation towards the peer (TWCC feedback, probing, pacing). Off
     /// for the receive-only crowd of a large meeting: it costs a timer per forwarded packet and
@@ -105,7 +109,7 @@ impl Default for PeerOptions {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SfuError {
     #[error("unknown participant")]
     UnknownParticipant,
@@ -121,10 +125,12 @@ pub enum SfuError {
     InvalidCandidate(String),
     #[error("at most {max} subscriptions per participant; show fewer (last-N)")]
     TooManySubscriptions { max: usize },
+    #[error("the media node is unavailable")]
+    Unavailable,
 }
 
 /// A track the publisher declared for one of its m-lines.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PublishRequest {
     pub mid: String,
     pub track_id: TrackId,
@@ -134,21 +140,21 @@ pub struct PublishRequest {
 
 /// The SDP answer to an offer, and the declared tracks that did not match the offer as
 /// (mid, reason); those are not published, the rest of the offer stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OfferAnswer {
     pub sdp: String,
     pub rejected_tracks: Vec<(String, String)>,
 }
 
 /// Show `track_id` on the receiver's m-line `mid`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SubscribeRequest {
     pub track_id: TrackId,
     pub mid: String,
     pub max_height: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SfuEvent {
     /// ICE and DTLS are up: media can flow.
     Connected { participant: ParticipantId },
@@ -171,6 +177,11 @@ pub enum SfuEvent {
 pub enum SfuOutput {
     Transmit(Transmit),
     Event(SfuEvent),
+    /// For the SFU of another node of the cluster.
+    Relay {
+        node: NodeId,
+        message: RelayMessage,
+    },
     Timeout(Instant),
 }
 
@@ -179,6 +190,8 @@ struct RoomMedia {
     members: Vec<ParticipantId>,
     speakers: SpeakerDetector<ParticipantId>,
     loudest: LoudestSet<ParticipantId>,
+    /// Tracks of the room published on other nodes.
+    remote_tracks: Vec<TrackId>,
 }
 
 pub struct Sfu {
@@ -198,6 +211,7 @@ pub struct Sfu {
     now: Instant,
     /// Peers and tracks last added to the node-wide gauges, which all shards share.
     reported: (i64, i64),
+    relay_book: RelayBook,
 }
 
 impl Sfu {
@@ -216,6 +230,7 @@ impl Sfu {
             next_housekeeping: now,
             now,
             reported: (0, 0),
+            relay_book: RelayBook::default(),
         }
     }
 
@@ -528,8 +543,15 @@ impl Sfu {
     }
 
     /// The first audio track a participant publishes.
-    fn audio_track_of(&self, participant: ParticipantId) -> Option<TrackId> {
-        let peer = self.peers.get(&participant)?;
+    fn audio_track_of(&self, participant: ParticipantId, room: &RoomMedia) -> Option<TrackId> {
+        let Some(peer) = self.peers.get(&participant) else {
+            // A speaker on another node: its relayed microphone.
+            return room.remote_tracks.iter().copied().find(|id| {
+                self.tracks
+                    .get(id)
+                    .is_some_and(|t| t.owner == participant && t.kind == MediaKind::Audio)
+            });
+        };
         let mut audio: Vec<TrackId> = peer
             .published
             .values()
@@ -570,7 +592,7 @@ impl Sfu {
             .iter()
             .filter(|p| **p != participant)
             .filter_map(|p| {
-                let track = self.audio_track_of(*p)?;
+                let track = self.audio_track_of(*p, room)?;
                 let bonus = if carried.contains(&track) {
                     STICKY_BONUS
                 } else {
@@ -629,6 +651,17 @@ impl Sfu {
             .ok_or(SfuError::UnknownTrack(track_id))?;
         let was_muted = std::mem::replace(&mut track.muted, muted);
         if was_muted && !muted && track.kind == MediaKind::Video {
+            let relayed: Vec<LayerKey> = track
+                .relays
+                .iter()
+                .flat_map(|l| l.layers.iter().copied())
+                .collect();
+            for layer in relayed {
+                self.request_keyframe(track_id, layer, KeyframeRequestKind::Pli);
+            }
+            let Some(track) = self.tracks.get(&track_id) else {
+                return Ok(());
+            };
             let subscribers = track.subscribers.clone();
             for (sub, mid) in subscribers {
                 if let Some(slot) = self.peers.get_mut(&sub).and_then(|p| p.slots.get_mut(&mid)) {
@@ -677,7 +710,12 @@ impl Sfu {
             room.speakers.remove(participant);
             room.loudest.remove(participant);
             if room.members.is_empty() {
-                self.rooms.remove(&peer.room);
+                // Nobody here needs the room's relayed tracks any more.
+                if let Some(room) = self.rooms.remove(&peer.room) {
+                    for track in room.remote_tracks {
+                        self.unpublish(ParticipantId(0), Mid::from("relay"), track);
+                    }
+                }
             } else if was_speaker {
                 self.out
                     .push_back(SfuOutput::Event(SfuEvent::ActiveSpeaker {
@@ -803,7 +841,8 @@ impl Sfu {
 
     /// Moves the shared gauges by this shard's change since the last report.
     fn report_counts(&mut self) {
-        let now = (self.peers.len() as i64, self.tracks.len() as i64);
+        let local_tracks = self.tracks.values().filter(|t| t.origin.is_none()).count();
+        let now = (self.peers.len() as i64, local_tracks as i64);
         self.metrics.peers.add(now.0 - self.reported.0);
         self.metrics.tracks.add(now.1 - self.reported.1);
         self.reported = now;
@@ -1031,18 +1070,39 @@ impl Sfu {
         if track.muted {
             return;
         }
-        // Borrowed out for the loop and put back: no allocation per packet. `forward` never
-        // changes who subscribes.
-        let subscribers = std::mem::take(&mut track.subscribers);
+        let source = &packet.header.ext_vals;
         let incoming = Incoming {
-            packet: &packet,
+            pt: packet.header.payload_type,
+            seq_no: *packet.seq_no,
+            time: packet.time,
+            marker: packet.header.marker,
+            ext_vals: ExtensionValues {
+                audio_level: source.audio_level,
+                voice_activity: source.voice_activity,
+                video_orientation: source.video_orientation,
+                ..ExtensionValues::default()
+            },
+            payload: &packet.payload,
+            arrival: packet.timestamp,
             params,
             kind,
             layer,
             video,
         };
+        self.forward_to_subscribers(track_id, &incoming);
+        self.relay_out(track_id, layer, &packet);
+    }
+
+    /// Sends a packet of a track (local or relayed) to its receivers on this node.
+    fn forward_to_subscribers(&mut self, track_id: TrackId, incoming: &Incoming) {
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        // Borrowed out for the loop and put back: no allocation per packet. `forward` never
+        // changes who subscribes.
+        let subscribers = std::mem::take(&mut track.subscribers);
         for &(subscriber, mid) in &subscribers {
-            self.forward(&incoming, subscriber, mid);
+            self.forward(incoming, subscriber, mid);
         }
         if let Some(track) = self.tracks.get_mut(&track_id) {
             track.subscribers = subscribers;
@@ -1059,7 +1119,6 @@ impl Sfu {
         let Some(slot) = peer.slots.get_mut(&mid) else {
             return;
         };
-        let packet = incoming.packet;
         let layer = incoming.layer;
         if incoming.kind == MediaKind::Video && slot.current != Some(layer) {
             // Switch layers (or start) only where a keyframe of the wanted layer begins.
@@ -1072,15 +1131,17 @@ impl Sfu {
             slot.current = Some(layer);
             slot.line.source_changed();
         }
-        let Some(pt) = receiving_pt(slot, &peer.rtc, packet.header.payload_type, incoming.params)
-        else {
+        let Some(pt) = receiving_pt(slot, &peer.rtc, incoming.pt, incoming.params) else {
             trace!(subscriber = %subscriber, "no matching codec on the receiving m-line");
             return;
         };
-        let Some(seq_no) = slot.line.sequence.rewrite(*packet.seq_no) else {
+        let Some(seq_no) = slot.line.sequence.rewrite(incoming.seq_no) else {
             return;
         };
-        let time = slot.line.timestamps.rewrite(packet.time, packet.timestamp);
+        let time = slot
+            .line
+            .timestamps
+            .rewrite(incoming.time, incoming.arrival);
         let vp8_patch = incoming
             .video
             .vp8
@@ -1104,24 +1165,17 @@ impl Sfu {
                 Some(RESEND_RATIO_CAP),
             );
         }
-        let source = &packet.header.ext_vals;
-        let ext_vals = ExtensionValues {
-            audio_level: source.audio_level,
-            voice_activity: source.voice_activity,
-            video_orientation: source.video_orientation,
-            ..ExtensionValues::default()
-        };
         // The payload is an `Arc<[u8]>` shared by all subscribers; str0m copies it only into
         // each receiver's encrypted packet.
         let mut write = RtpWrite::new(
             pt,
             seq_no.into(),
             time.numer() as u32,
-            packet.timestamp,
-            packet.payload.clone(),
+            incoming.arrival,
+            incoming.payload.clone(),
         )
-        .marker(packet.header.marker)
-        .ext_vals(ext_vals)
+        .marker(incoming.marker)
+        .ext_vals(incoming.ext_vals.clone())
         .nackable(video);
         if let Some(patch) = vp8_patch {
             write = write.vp8_patch(patch);
@@ -1139,6 +1193,16 @@ impl Sfu {
         if track.kind != MediaKind::Video
             || !track.allow_keyframe_request(layer, now, KEYFRAME_REQUEST_INTERVAL)
         {
+            return;
+        }
+        if let Some(origin) = &track.origin {
+            self.out.push_back(SfuOutput::Relay {
+                node: origin.clone(),
+                message: RelayMessage::Control(RelayControl::Keyframe {
+                    track: track_id,
+                    layer,
+                }),
+            });
             return;
         }
         let (owner, mid) = (track.owner, track.mid);
@@ -1162,6 +1226,7 @@ impl Sfu {
         let Some(track) = self.tracks.remove(&track_id) else {
             return;
         };
+        self.relay_book.forget(track_id);
         for (subscriber, sub_mid) in track.subscribers {
             if let Some(peer) = self.peers.get_mut(&subscriber)
                 && let Some(slot) = peer.slots.remove(&sub_mid)
@@ -1179,7 +1244,8 @@ impl Sfu {
         }
         let mut changes = Vec::new();
         for (id, track) in &mut self.tracks {
-            if track.kind != MediaKind::Video {
+            // Only a track's own node tells its publisher which layers to send.
+            if track.kind != MediaKind::Video || track.origin.is_some() {
                 continue;
             }
             if let Some(active) = track.layers_to_announce(now) {
@@ -1211,6 +1277,7 @@ impl Sfu {
         for participant in reassign {
             self.assign_audio_slots(participant);
         }
+        self.relay_housekeeping();
     }
 
     /// Chooses the simulcast layer of every video the participant receives, asks publishers for
@@ -1309,9 +1376,19 @@ fn is_rtp(datagram: &[u8]) -> bool {
     }
 }
 
-/// One incoming packet on its way to the subscribers of its track.
+/// One incoming packet (from a local publisher or relayed from another node) on its way to
+/// the subscribers of its track.
 struct Incoming<'a> {
-    packet: &'a RtpPacket,
+    /// The publisher's payload type.
+    pt: Pt,
+    seq_no: u64,
+    time: MediaTime,
+    marker: bool,
+    /// The header extensions forwarded to receivers.
+    ext_vals: ExtensionValues,
+    payload: &'a std::sync::Arc<[u8]>,
+    /// When the packet reached the cluster.
+    arrival: Instant,
     params: PayloadParams,
     kind: MediaKind,
     layer: LayerKey,

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 use str0m::Rtc;
 use str0m::format::PayloadParams;
 use str0m::media::{MediaKind, Mid, Pt, Rid};
-use ting_protocol::ParticipantId;
+use ting_protocol::{NodeId, ParticipantId};
 
+use super::relay::{RelayLease, RemoteLayer};
 use crate::layer::LayerOption;
 
 /// A simulcast layer is named by its RID; a track without simulcast has one layer, `None`.
@@ -49,6 +50,10 @@ pub struct Track {
     created: Instant,
     /// The publisher's payload types seen on this track and their codecs.
     payloads: Vec<(Pt, PayloadParams)>,
+    /// `Some` for a track published on another node and relayed here: that node.
+    pub origin: Option<NodeId>,
+    /// Nodes this track is relayed to, with the layers each asked for.
+    pub relays: Vec<RelayLease>,
 }
 
 impl Track {
@@ -65,7 +70,71 @@ impl Track {
             layers: Vec::new(),
             subscribers: Vec::new(),
             last_keyframe_request: Vec::new(),
+            origin: None,
+            relays: Vec::new(),
         }
+    }
+
+    /// The payload types this track was seen with, for the nodes it is relayed to.
+    pub fn payloads(&self) -> Vec<PayloadParams> {
+        self.payloads.iter().map(|(_, p)| *p).collect()
+    }
+
+    /// The codec of payload type `pt` of a relayed track, as its origin announced it.
+    pub fn remote_payload(&self, pt: Pt) -> Option<PayloadParams> {
+        self.payloads
+            .iter()
+            .find(|(p, _)| *p == pt)
+            .map(|(_, params)| *params)
+    }
+
+    /// Takes a relayed track's layers and codecs as its origin node sees them: the layer
+    /// choice here works from the publisher's real layers, relayed or not.
+    pub fn apply_remote_layers(
+        &mut self,
+        layers: &[RemoteLayer],
+        payloads: &[PayloadParams],
+        now: Instant,
+    ) {
+        for remote in layers {
+            let key = remote.key;
+            self.declare_layer(key, now);
+            if let Some(layer) = self.layers.iter_mut().find(|l| l.key == key) {
+                layer.bitrate_bps = remote.bitrate_bps;
+                layer.height = remote.height.or(layer.height);
+                if remote.available {
+                    layer.seen = true;
+                    layer.last_seen = now;
+                }
+            }
+        }
+        for params in payloads {
+            if self.remote_payload(params.pt()).is_none() {
+                self.payloads.push((params.pt(), *params));
+            }
+        }
+    }
+
+    /// The layers as the origin node describes them to the nodes it relays to.
+    pub fn describe_layers(&self, now: Instant) -> Vec<RemoteLayer> {
+        self.layers
+            .iter()
+            .map(|l| RemoteLayer {
+                key: l.key,
+                bitrate_bps: l.bitrate_bps,
+                height: l.height,
+                available: l.seen && now.saturating_duration_since(l.last_seen) < LAYER_STALE_AFTER,
+            })
+            .collect()
+    }
+
+    /// Layers some receiver here chose within `window`.
+    pub fn recently_wanted(&self, now: Instant, window: Duration) -> Vec<LayerKey> {
+        self.wanted_at
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < window)
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     /// The codec parameters of the publisher's payload type `pt`, if it negotiated it.

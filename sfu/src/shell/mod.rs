@@ -11,20 +11,22 @@ pub use router::{ShardRouter, shard_of_room};
 use std::future::poll_fn;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
 use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use prometheus::Histogram;
 use str0m::net::Protocol;
-use ting_protocol::{ParticipantId, RoomId, TrackId};
+use ting_protocol::{NodeId, ParticipantId, RoomId, TrackId, TrackKind};
 use tokio::io::ReadBuf;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::core::{
-    OfferAnswer, PeerOptions, PublishRequest, Sfu, SfuConfig, SfuError, SfuEvent, SfuOutput,
-    SubscribeRequest,
+    OfferAnswer, PeerOptions, PublishRequest, RelayControl, RelayMedia, RelayMessage, Sfu,
+    SfuConfig, SfuError, SfuEvent, SfuOutput, SubscribeRequest,
 };
 use crate::metrics::SfuMetrics;
 
@@ -69,6 +71,28 @@ enum Command {
     UnpublishAll {
         participant: ParticipantId,
     },
+    SetRelay(Arc<dyn RelaySink>),
+    AddRemoteTrack {
+        room: RoomId,
+        track: TrackId,
+        owner: ParticipantId,
+        kind: TrackKind,
+        origin: NodeId,
+    },
+    RemoveRemoteTrack(TrackId),
+    RelayMedia {
+        from: NodeId,
+        media: RelayMedia,
+    },
+    RelayControl {
+        from: NodeId,
+        control: RelayControl,
+    },
+}
+
+/// Where a shard's messages for other nodes go: the node links of the cluster.
+pub trait RelaySink: Send + Sync {
+    fn send(&self, node: &NodeId, message: RelayMessage);
 }
 
 /// Why a command could not be carried out by the shard.
@@ -181,6 +205,40 @@ impl SfuHandle {
     pub fn remove_peer(&self, participant: ParticipantId) {
         let _ = self.commands.send(Command::RemovePeer { participant });
     }
+
+    /// Where the shard's messages for other nodes go.
+    pub fn set_relay(&self, sink: Arc<dyn RelaySink>) {
+        let _ = self.commands.send(Command::SetRelay(sink));
+    }
+
+    pub fn add_remote_track(
+        &self,
+        room: RoomId,
+        track: TrackId,
+        owner: ParticipantId,
+        kind: TrackKind,
+        origin: NodeId,
+    ) {
+        let _ = self.commands.send(Command::AddRemoteTrack {
+            room,
+            track,
+            owner,
+            kind,
+            origin,
+        });
+    }
+
+    pub fn remove_remote_track(&self, track: TrackId) {
+        let _ = self.commands.send(Command::RemoveRemoteTrack(track));
+    }
+
+    pub fn relay_media(&self, from: NodeId, media: RelayMedia) {
+        let _ = self.commands.send(Command::RelayMedia { from, media });
+    }
+
+    pub fn relay_control(&self, from: NodeId, control: RelayControl) {
+        let _ = self.commands.send(Command::RelayControl { from, control });
+    }
 }
 
 /// A running shard: its handle, its events, and its thread (which ends when every handle is
@@ -271,6 +329,8 @@ async fn run(
     let locals: Vec<SocketAddr> = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
     let loop_seconds = metrics.loop_seconds.clone();
     let send_dropped = metrics.send_dropped.clone();
+    let relay_hop = metrics.relay_hop_seconds.clone();
+    let mut relay: Option<Arc<dyn RelaySink>> = None;
     let mut batch = udp::SendBatch::new(sockets.len());
     let mut sfu = Sfu::new(config, metrics, Instant::now());
     let mut buf = vec![0u8; 2048];
@@ -284,13 +344,15 @@ async fn run(
             &mut batch,
             &tcp_connections,
             &events,
+            relay.as_deref(),
         );
         send_dropped.inc_by(batch.take_dropped());
         loop_seconds.observe(started.elapsed().as_secs_f64());
         let wake_at = tokio::time::Instant::from_std(timeout.max(Instant::now()));
         tokio::select! {
             command = commands.recv() => match command {
-                Some(command) => apply(&mut sfu, command),
+                Some(Command::SetRelay(sink)) => relay = Some(sink),
+                Some(command) => apply(&mut sfu, command, &relay_hop),
                 None => break,
             },
             received = recv_any(&sockets, &mut buf) => {
@@ -355,6 +417,7 @@ fn drain(
     batch: &mut udp::SendBatch,
     tcp_connections: &tcp::TcpConnections,
     events: &mpsc::UnboundedSender<SfuEvent>,
+    relay: Option<&dyn RelaySink>,
 ) -> Instant {
     loop {
         match sfu.poll_output() {
@@ -368,6 +431,11 @@ fn drain(
             SfuOutput::Event(event) => {
                 let _ = events.send(event);
             }
+            SfuOutput::Relay { node, message } => {
+                if let Some(relay) = relay {
+                    relay.send(&node, message);
+                }
+            }
             SfuOutput::Timeout(at) => {
                 batch.flush(sockets);
                 return at;
@@ -376,7 +444,7 @@ fn drain(
     }
 }
 
-fn apply(sfu: &mut Sfu, command: Command) {
+fn apply(sfu: &mut Sfu, command: Command, relay_hop: &Histogram) {
     let now = Instant::now();
     match command {
         Command::AddPeer {
@@ -423,5 +491,22 @@ fn apply(sfu: &mut Sfu, command: Command) {
         }
         Command::RemovePeer { participant } => sfu.remove_peer(participant),
         Command::UnpublishAll { participant } => sfu.unpublish_all(participant),
+        // Taken by the loop itself.
+        Command::SetRelay(_) => {}
+        Command::AddRemoteTrack {
+            room,
+            track,
+            owner,
+            kind,
+            origin,
+        } => sfu.add_remote_track(now, room, track, owner, kind, origin),
+        Command::RemoveRemoteTrack(track) => sfu.remove_remote_track(track),
+        Command::RelayMedia { from, media } => {
+            relay_hop.observe(now.saturating_duration_since(media.arrival).as_secs_f64());
+            sfu.handle_relay_media(now, &from, media);
+        }
+        Command::RelayControl { from, control } => {
+            sfu.handle_relay_control(now, from, control);
+        }
     }
 }

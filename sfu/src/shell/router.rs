@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ting_protocol::{ParticipantId, RoomId, TrackId};
+use ting_protocol::{NodeId, ParticipantId, RoomId, TrackId, TrackKind};
 
-use super::{SfuHandle, ShardError};
-use crate::core::{OfferAnswer, PeerOptions, PublishRequest, SfuError, SubscribeRequest};
+use super::{RelaySink, SfuHandle, ShardError};
+use crate::core::{
+    OfferAnswer, PeerOptions, PublishRequest, RelayControl, RelayMedia, SfuError, SubscribeRequest,
+};
 
 /// The shard (of `shards`) that carries `room`. Stable across runs and nodes.
 pub fn shard_of_room(room: &RoomId, shards: usize) -> usize {
@@ -24,6 +26,8 @@ pub fn shard_of_room(room: &RoomId, shards: usize) -> usize {
 pub struct ShardRouter {
     shards: Arc<[SfuHandle]>,
     placement: Arc<Mutex<HashMap<ParticipantId, usize>>>,
+    /// The shard of each remote track (relayed media goes where its room is).
+    remote_tracks: Arc<Mutex<HashMap<TrackId, usize>>>,
 }
 
 impl ShardRouter {
@@ -32,6 +36,7 @@ impl ShardRouter {
         (!shards.is_empty()).then(|| Self {
             shards: shards.into(),
             placement: Arc::default(),
+            remote_tracks: Arc::default(),
         })
     }
 
@@ -132,6 +137,56 @@ impl ShardRouter {
         let index = self.placement().remove(&participant);
         if let Some(shard) = index.and_then(|i| self.shards.get(i)) {
             shard.remove_peer(participant);
+        }
+    }
+
+    fn remote_tracks(&self) -> MutexGuard<'_, HashMap<TrackId, usize>> {
+        self.remote_tracks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where every shard's messages for other nodes go.
+    pub fn set_relay(&self, sink: Arc<dyn RelaySink>) {
+        for shard in self.shards.iter() {
+            shard.set_relay(sink.clone());
+        }
+    }
+
+    /// Declares a track published on node `origin` to the shard of its room here.
+    pub fn add_remote_track(
+        &self,
+        room: RoomId,
+        track: TrackId,
+        owner: ParticipantId,
+        kind: TrackKind,
+        origin: NodeId,
+    ) {
+        let index = shard_of_room(&room, self.shards.len());
+        self.remote_tracks().insert(track, index);
+        if let Some(shard) = self.shards.get(index) {
+            shard.add_remote_track(room, track, owner, kind, origin);
+        }
+    }
+
+    pub fn remove_remote_track(&self, track: TrackId) {
+        let index = self.remote_tracks().remove(&track);
+        if let Some(shard) = index.and_then(|i| self.shards.get(i)) {
+            shard.remove_remote_track(track);
+        }
+    }
+
+    /// A relayed packet, for the shard of its track's room; dropped for unknown tracks.
+    pub fn relay_media(&self, from: NodeId, media: RelayMedia) {
+        let index = self.remote_tracks().get(&media.track).copied();
+        if let Some(shard) = index.and_then(|i| self.shards.get(i)) {
+            shard.relay_media(from, media);
+        }
+    }
+
+    /// Relay control is rare (a few messages per track and second): every shard is told, the
+    /// one with the track acts.
+    pub fn relay_control(&self, from: NodeId, control: RelayControl) {
+        for shard in self.shards.iter() {
+            shard.relay_control(from.clone(), control.clone());
         }
     }
 }

@@ -1,4 +1,5 @@
-//! A virtual-time network: one SFU core and several str0m peers acting as browsers, with a
+//! A virtual-time network: an SFU core (and a second one, "far", standing for another node of
+//! a cluster, to which the first relays) and several str0m peers acting as browsers, with a
 //! bottleneck model on each peer's downlink. Deterministic: no sockets, no wall clock.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
@@ -15,12 +16,14 @@ use str0m::media::{
 };
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, Input, Output, Rtc};
-use ting_protocol::{ParticipantId, RoomId, TrackId, TrackKind};
+use ting_protocol::{NodeId, ParticipantId, RoomId, TrackId, TrackKind};
 use ting_sfu::{
-    PeerOptions, PublishRequest, Sfu, SfuConfig, SfuEvent, SfuMetrics, SfuOutput, SubscribeRequest,
+    PeerOptions, PublishRequest, RelayMessage, Sfu, SfuConfig, SfuEvent, SfuMetrics, SfuOutput,
+    SubscribeRequest,
 };
 
 pub const SFU_ADDR: &str = "10.0.0.1:7882";
+pub const FAR_ADDR: &str = "10.0.0.2:7882";
 const TICK: Duration = Duration::from_millis(2);
 const LATENCY: Duration = Duration::from_millis(15);
 /// Packets that would wait longer than this in a bottleneck queue are dropped.
@@ -46,6 +49,8 @@ pub struct Frame {
 
 pub struct Peer {
     pub id: ParticipantId,
+    /// Connected to the far node's core.
+    pub far: bool,
     pub addr: SocketAddr,
     pub rtc: Rtc,
     pub audio_mid: Option<Mid>,
@@ -84,9 +89,27 @@ struct InFlight {
     transmit: Transmit,
 }
 
+/// Relay traffic between the two cores.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Media packets the near core sent to the far one, by simulcast layer (`b'q'`, `b'h'`,
+    /// `b'f'`; `b'a'` for audio).
+    pub media: HashMap<u8, u64>,
+    pub control: u64,
+    /// Media packets lost on the way (by `relay_loss_per_mille`).
+    pub lost: u64,
+}
+
 pub struct Net {
     pub now: Instant,
     pub sfu: Sfu,
+    /// Another node's core: peers added with `add_peer_on(true, ..)` connect to it.
+    pub far: Sfu,
+    pub far_metrics: SfuMetrics,
+    pub relay: RelayStats,
+    /// Random loss of relayed media between the nodes, per thousand.
+    pub relay_loss_per_mille: u32,
+    relay_in_flight: Vec<(bool, NodeId, RelayMessage)>,
     pub peers: Vec<Peer>,
     pub events: Vec<SfuEvent>,
     downlinks: HashMap<SocketAddr, Link>,
@@ -109,6 +132,18 @@ pub fn sfu_addr() -> SocketAddr {
     SFU_ADDR.parse().unwrap()
 }
 
+pub fn far_addr() -> SocketAddr {
+    FAR_ADDR.parse().unwrap()
+}
+
+pub fn near_node() -> NodeId {
+    NodeId::new("near").unwrap()
+}
+
+pub fn far_node() -> NodeId {
+    NodeId::new("far").unwrap()
+}
+
 impl Net {
     pub fn new() -> Self {
         let now = Instant::now();
@@ -117,9 +152,19 @@ impl Net {
             host_candidates: vec![sfu_addr()],
             ..Default::default()
         };
+        let far_config = SfuConfig {
+            host_candidates: vec![far_addr()],
+            ..Default::default()
+        };
+        let far_metrics = SfuMetrics::unregistered();
         Self {
             now,
             sfu: Sfu::new(config, metrics.clone(), now),
+            far: Sfu::new(far_config, far_metrics.clone(), now),
+            far_metrics,
+            relay: RelayStats::default(),
+            relay_loss_per_mille: 0,
+            relay_in_flight: Vec::new(),
             metrics,
             rng: 0x2545_f491_4f6c_dd1d,
             peers: Vec::new(),
@@ -137,6 +182,16 @@ impl Net {
     /// Adds a peer that publishes audio and 3-layer simulcast video (if `publish`) and has
     /// `recv` receive-only m-lines of each kind. Returns its index.
     pub fn add_peer(&mut self, publish: bool, recv: usize) -> usize {
+        self.add_peer_on(false, publish, recv)
+    }
+
+    fn core(&mut self, far: bool) -> &mut Sfu {
+        if far { &mut self.far } else { &mut self.sfu }
+    }
+
+    /// [`Net::add_peer`] on the near or the far core. A publisher's tracks are declared to the
+    /// other core as remote tracks, as the signalling does for the sites of a room.
+    pub fn add_peer_on(&mut self, far: bool, publish: bool, recv: usize) -> usize {
         let index = self.peers.len();
         let id = ParticipantId(index as u64 + 1);
         let addr: SocketAddr = format!("10.0.1.{}:5000", index + 1).parse().unwrap();
@@ -192,13 +247,30 @@ impl Net {
             });
         }
         let room = RoomId::new("test").unwrap();
-        self.sfu
-            .add_peer(self.now, room, id, self.peer_options)
+        let (now, options) = (self.now, self.peer_options);
+        self.core(far)
+            .add_peer(now, room.clone(), id, options)
             .unwrap();
         let answer = self
-            .sfu
-            .accept_offer(self.now, id, &offer.to_sdp_string(), &publish_list)
+            .core(far)
+            .accept_offer(now, id, &offer.to_sdp_string(), &publish_list)
             .expect("offer accepted");
+        if publish {
+            let origin = if far { far_node() } else { near_node() };
+            for (track, kind) in [
+                (audio_track, TrackKind::Audio),
+                (video_track, TrackKind::Video),
+            ] {
+                self.core(!far).add_remote_track(
+                    now,
+                    room.clone(),
+                    track,
+                    id,
+                    kind,
+                    origin.clone(),
+                );
+            }
+        }
         assert!(
             answer.rejected_tracks.is_empty(),
             "{:?}",
@@ -216,6 +288,7 @@ impl Net {
         );
         self.peers.push(Peer {
             id,
+            far,
             addr,
             rtc,
             audio_mid,
@@ -257,9 +330,9 @@ impl Net {
                 max_height,
             });
         }
-        let id = self.peers[who].id;
-        self.sfu
-            .set_subscriptions(self.now, id, &subs)
+        let (id, far, now) = (self.peers[who].id, self.peers[who].far, self.now);
+        self.core(far)
+            .set_subscriptions(now, id, &subs)
             .expect("valid subscriptions");
     }
 
@@ -270,9 +343,9 @@ impl Net {
             .iter()
             .map(ToString::to_string)
             .collect();
-        let id = self.peers[who].id;
-        self.sfu
-            .set_audio_slots(self.now, id, &mids)
+        let (id, far, now) = (self.peers[who].id, self.peers[who].far, self.now);
+        self.core(far)
+            .set_audio_slots(now, id, &mids)
             .expect("valid audio slots");
     }
 
@@ -329,6 +402,9 @@ impl Net {
             if t.destination == sfu_addr() {
                 self.sfu
                     .handle_receive(now, Protocol::Udp, t.source, t.destination, &t.contents);
+            } else if t.destination == far_addr() {
+                self.far
+                    .handle_receive(now, Protocol::Udp, t.source, t.destination, &t.contents);
             } else if let Some(peer) = self.peers.iter_mut().find(|p| p.addr == t.destination) {
                 *self.delivered_bytes.entry(peer.addr).or_default() += t.contents.len() as u64;
                 let receive =
@@ -341,9 +417,46 @@ impl Net {
             self.peers[i].send_media(now);
             self.drain_peer(i);
         }
+        // Relay messages sent last tick arrive now (a hop of one tick).
+        for (to_far, from, message) in std::mem::take(&mut self.relay_in_flight) {
+            let core = self.core(to_far);
+            match message {
+                RelayMessage::Media(media) => core.handle_relay_media(now, &from, media),
+                RelayMessage::Control(control) => core.handle_relay_control(now, from, control),
+            }
+        }
         self.sfu.handle_timeout(now);
+        self.far.handle_timeout(now);
+        for far in [false, true] {
+            self.drain_core(far);
+        }
+    }
+
+    fn drain_core(&mut self, far: bool) {
+        let from = if far { far_node() } else { near_node() };
         loop {
-            match self.sfu.poll_output() {
+            match self.core(far).poll_output() {
+                SfuOutput::Relay { node, message } => {
+                    let to_far = node == far_node();
+                    assert_ne!(to_far, far, "a core relays to the other one");
+                    if let RelayMessage::Media(media) = &message {
+                        self.rng ^= self.rng << 13;
+                        self.rng ^= self.rng >> 7;
+                        self.rng ^= self.rng << 17;
+                        if (self.rng % 1000) < u64::from(self.relay_loss_per_mille) {
+                            self.relay.lost += 1;
+                            continue;
+                        }
+                        if to_far {
+                            // Audio has no simulcast layer: counted as `a`.
+                            let marker = media.layer.map_or(b'a', |rid| rid.as_bytes()[0]);
+                            *self.relay.media.entry(marker).or_default() += 1;
+                        }
+                    } else {
+                        self.relay.control += 1;
+                    }
+                    self.relay_in_flight.push((to_far, from.clone(), message));
+                }
                 SfuOutput::Transmit(t) => self.send_down(t),
                 SfuOutput::Event(e) => {
                     // Publishers obey layer pauses, as browsers do with `encodings[i].active`.

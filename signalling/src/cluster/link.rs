@@ -8,7 +8,7 @@ use std::time::Duration;
 use ting_protocol::{NodeId, RoomId};
 use tracing::warn;
 
-use super::{ClusterState, Directory, select_node};
+use super::{ClusterState, Directory, NodeStatus, select_node};
 
 #[derive(Clone)]
 pub struct ClusterLink {
@@ -21,6 +21,8 @@ pub struct ClusterLink {
     /// Set when the node hands its meetings over before it stops; its heartbeats say so, and
     /// placement sends nobody new here.
     pub draining: Arc<AtomicBool>,
+    /// This node's base HTTP URL as clients reach it.
+    pub http_url: String,
 }
 
 impl ClusterLink {
@@ -65,6 +67,32 @@ impl ClusterLink {
 }
 
 impl ClusterLink {
+    /// The node whose SFU should carry a new participant's media, or `None` for this one.
+    /// This node while it has room (relaying costs a hop); when it is full or draining, the
+    /// least loaded open node of its region that takes node links. `placed_on` counts the
+    /// participants this node placed on a node: heartbeats report load once a second, and a
+    /// join storm must not fill a node before its next one.
+    pub async fn media_node(&self, placed_on: impl Fn(&NodeId) -> u32) -> Option<NodeStatus> {
+        let mut nodes = match self.store.live_nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                warn!("cluster placement unavailable, media stays here: {e}");
+                return None;
+            }
+        };
+        for node in &mut nodes {
+            node.participants = node.participants.max(placed_on(&node.id));
+        }
+        let here = nodes.iter().find(|n| n.id == self.node);
+        let open_here = here.is_some_and(|n| n.participants < n.capacity)
+            && !self.draining.load(std::sync::atomic::Ordering::Relaxed);
+        if open_here {
+            return None;
+        }
+        nodes.retain(|n| n.id != self.node && n.relay_addr.is_some());
+        select_node(&nodes, Some(&self.region)).cloned()
+    }
+
     /// Hands every meeting over to other open nodes before this one stops, each to the least
     /// loaded counting the meetings already handed over (so that a big node's meetings spread
     /// instead of landing on one node). `rooms` are (room, participants); returns, in the same
@@ -134,6 +162,7 @@ mod tests {
             participants,
             capacity,
             draining: false,
+            relay_addr: None,
         }
     }
 
@@ -157,6 +186,7 @@ mod tests {
             directory,
             claim_ttl: ttl,
             draining: Arc::new(AtomicBool::new(true)),
+            http_url: "http://leaving:8080".into(),
         };
         let rooms: Vec<(RoomId, u32)> = [("r1", 40), ("r2", 20), ("r3", 20), ("r4", 10)]
             .into_iter()

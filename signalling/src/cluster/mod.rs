@@ -38,6 +38,9 @@ pub struct NodeStatus {
     pub capacity: u32,
     /// Finishing its meetings before an upgrade: no new participants.
     pub draining: bool,
+    /// Where the node takes links from other nodes (media relay, remote media calls).
+    #[serde(default)]
+    pub relay_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -44,6 +44,7 @@ mod tests {
             participants,
             capacity,
             draining,
+            relay_addr: None,
         }
     }
 
