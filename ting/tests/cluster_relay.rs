@@ -1,0 +1,172 @@
+//! A meeting spread over three nodes: three `ting serve` nodes with a real Redis, each taking
+//! 12 participants, and 30 load-tester participants (real WebSocket signalling, ICE, DTLS and
+//! SRTP) joining one room. The room's node carries the speakers; the participants placed on
+//! the other nodes get the speakers' audio and video over the node links, and each track
+//! crosses to each node once, not once per receiver there.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::{SECRET, TestServer};
+use ting::config::ClusterConfig;
+use ting_loadtest::{RunConfig, Scenario};
+use ting_protocol::NodeId;
+use ting_signalling::cluster::{ClusterState, RedisCluster};
+
+fn redis_url() -> String {
+    std::env::var("TING_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn node(prefix: &str, id: &str) -> ClusterConfig {
+    ClusterConfig {
+        redis_url: redis_url(),
+        key_prefix: prefix.into(),
+        node_id: NodeId::new(id).unwrap(),
+        region: "eu-test".into(),
+        capacity: 12,
+        relay_port: 0,
+    }
+}
+
+/// The value of a metric line `name{labels} value` in Prometheus text.
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics(server: &TestServer) -> String {
+    reqwest::get(format!("http://{}/metrics", server.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_spans_three_nodes_and_everyone_gets_the_speakers() {
+    let prefix = format!("ting-test:relay:{:x}", rand::random::<u64>());
+    let store = RedisCluster::connect(&redis_url(), &prefix).await.unwrap();
+    let nodes = [
+        TestServer::start_in_cluster(node(&prefix, "node-1")).await,
+        TestServer::start_in_cluster(node(&prefix, "node-2")).await,
+        TestServer::start_in_cluster(node(&prefix, "node-3")).await,
+    ];
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtest/scenarios/cluster-30.toml");
+    let mut scenario = Scenario::load(&file).unwrap();
+    scenario.duration_secs = 8.0;
+    // Everyone starts at the first node; the cluster sends them where the room is.
+    let config = RunConfig::new(
+        scenario,
+        format!("http://{}", nodes[0].http),
+        SECRET.as_bytes().to_vec(),
+    );
+    let (report, load) = tokio::task::spawn_blocking({
+        let store = store.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            // The nodes' load while everyone is in, read from Redis half-way through.
+            let probe = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(7));
+                runtime.block_on(store.live_nodes()).unwrap()
+            });
+            let report = ting_loadtest::run(&config).unwrap();
+            (report, probe.join().unwrap())
+        }
+    })
+    .await
+    .unwrap();
+    let summary = report.summary();
+    println!("{summary}");
+    let per_node: HashMap<String, u32> = load
+        .iter()
+        .map(|n| (n.id.to_string(), n.participants))
+        .collect();
+    println!("participants per node: {per_node:?}");
+
+    assert_eq!(report.failed, 0, "{summary}{:?}", report.errors);
+    assert_eq!((report.joined, report.connected), (30, 30), "{summary}");
+    assert_eq!(per_node.values().sum::<u32>(), 30, "{per_node:?}");
+    assert!(
+        per_node.values().all(|n| *n >= 5 && *n <= 12),
+        "the meeting spreads over all three nodes within their capacity: {per_node:?}"
+    );
+    let speakers: Vec<u64> = report
+        .participants
+        .iter()
+        .filter(|p| p.video)
+        .filter_map(|p| p.participant_id)
+        .collect();
+    assert_eq!(speakers.len(), 2);
+    for p in &report.participants {
+        for &speaker in speakers.iter().filter(|s| Some(**s) != p.participant_id) {
+            let from = p.sources.iter().find(|s| s.sender == speaker);
+            let (audio, video) = from.map_or((0, 0), |s| (s.audio_frames, s.video_frames));
+            assert!(
+                audio > 0 && video > 0,
+                "{} got {audio} audio and {video} video frames from participant {speaker}\n{summary}",
+                p.identity
+            );
+        }
+    }
+    assert_eq!(report.misrouted_frames, 0, "{summary}");
+    assert!(report.loss.video_percent < 5.0, "{summary}");
+
+    // Relay traffic: what the speakers' node sent to each other node is about one copy of
+    // the speakers' tracks, while each of those nodes forwarded it to all its receivers.
+    let mut texts = Vec::new();
+    for server in &nodes {
+        texts.push(metrics(server).await);
+    }
+    // The speakers' node is the one that sent media out (everyone has left by now).
+    let sent_out = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("ting_relay_packets_total{direction=\"out\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (origin, origin_text) = texts
+        .iter()
+        .enumerate()
+        .max_by(|a, b| sent_out(a.1).total_cmp(&sent_out(b.1)))
+        .unwrap();
+    for (i, text) in texts.iter().enumerate().filter(|(i, _)| *i != origin) {
+        let peer = format!("node-{}", i + 1);
+        let relayed = metric(
+            origin_text,
+            &format!("ting_relay_packets_total{{direction=\"out\",peer=\"{peer}\"}}"),
+        );
+        let received = metric(
+            text,
+            &format!(
+                "ting_relay_packets_total{{direction=\"in\",peer=\"node-{}\"}}",
+                origin + 1
+            ),
+        );
+        let forwarded = metric(text, "ting_sfu_packets_forwarded_total ");
+        let receivers = f64::from(per_node[&peer]);
+        println!(
+            "node-{} → {peer}: relayed {relayed} packets (received {received}); {peer} forwarded {forwarded} to {receivers} receivers",
+            origin + 1
+        );
+        assert!(relayed > 500.0, "tracks crossed to {peer}: {relayed}");
+        assert!(received >= relayed * 0.9, "{received} of {relayed} arrived");
+        assert!(
+            forwarded > relayed * (receivers - 1.0) * 0.7,
+            "{peer} fanned the relayed packets out to its {receivers} receivers: {forwarded}"
+        );
+    }
+    for server in nodes {
+        server.shutdown().await;
+    }
+}
