@@ -88,7 +88,9 @@ pub async fn run(plan: ParticipantPlan, token: String, shared: Arc<Shared>) -> O
     }
     let t0 = Instant::now();
     let join_deadline = (t0 + shared.join_timeout).min(shared.hard_stop);
-    let joined = tokio::time::timeout_at(join_deadline.into(), join(&shared, &plan, token)).await;
+    let origin = shared.server.ws.clone();
+    let joined =
+        tokio::time::timeout_at(join_deadline.into(), join(&plan, token.clone(), &origin)).await;
     let (signal, me, others, count) = match joined {
         Ok(Ok(j)) => j,
         Ok(Err(e)) => return fail(outcome, &shared, format!("{e:#}")),
@@ -101,31 +103,107 @@ pub async fn run(plan: ParticipantPlan, token: String, shared: Arc<Shared>) -> O
     outcome.result.participant_id = Some(me.0);
     Progress::inc(&shared.progress.joined);
 
-    let peer = match MediaPeer::bind(shared.local_ip, Instant::now()) {
-        Ok(p) => p,
-        Err(e) => return fail(outcome, &shared, format!("{e:#}")),
+    let mut joined = (signal, me, others, count);
+    let mut session_start = t0;
+    let mut first_media = None;
+    // When the previous session's media stopped, for the gap a rejoin caused.
+    let mut media_stopped_us: Option<u64> = None;
+    let error = loop {
+        let (signal, me, others, count) = joined;
+        let peer = match MediaPeer::bind(shared.local_ip, Instant::now()) {
+            Ok(p) => p,
+            Err(e) => break Some(format!("{e:#}")),
+        };
+        if let Ok(mut ports) = shared.ports.lock() {
+            ports.insert(peer.local_addr().port());
+        }
+        let mut session = Session::new(
+            plan.clone(),
+            shared.clone(),
+            signal,
+            peer,
+            me,
+            &others,
+            session_start,
+        );
+        // `joined` may list only the first page of the roster (publishers first).
+        session
+            .more_roster(&others, 0, count.saturating_sub(1))
+            .await;
+        let ran = tokio::time::timeout_at(shared.hard_stop.into(), session.run()).await;
+        let error = match ran {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(_) => Some("still running at the run's hard stop".to_owned()),
+        };
+        let rejoin_to = session.rejoin_to.take();
+        let (first_us, last_us) = (session.stats.first_media_us, session.stats.last_media_us);
+        finish_keeping_distributions(&mut session, &mut outcome);
+        if outcome.result.rejoins == 0 {
+            first_media = outcome.result.first_media_ms;
+        } else if let (Some(stopped), Some(again)) = (media_stopped_us, first_us) {
+            // From the last frame before the trouble to the first one after the rejoin.
+            outcome
+                .result
+                .recovery_ms
+                .push(again.saturating_sub(stopped) as f64 / 1000.0);
+        }
+        media_stopped_us = last_us.or(media_stopped_us);
+        // Moved by the server or cut off: join again (at the node named, or where we began)
+        // while the run lasts, as a browser does.
+        let Some(url) = rejoin_to else {
+            break error;
+        };
+        if Instant::now() + REJOIN_MARGIN >= shared.leave_at {
+            // Moved as the run ends: not a failure, there is just no time to come back.
+            break None;
+        }
+        session_start = Instant::now();
+        let deadline = (session_start + shared.join_timeout).min(shared.hard_stop);
+        let again = async {
+            let mut last = None;
+            // The first try goes where we were sent; later ones to where we began.
+            for target in [url.as_str(), origin.as_str(), origin.as_str()] {
+                match join(&plan, token.clone(), target).await {
+                    Ok(j) => return Ok(j),
+                    Err(e) => last = Some(e),
+                }
+                tokio::time::sleep(REJOIN_BACKOFF).await;
+            }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("no node to rejoin")))
+        };
+        match tokio::time::timeout_at(deadline.into(), again).await {
+            Ok(Ok(j)) => joined = j,
+            Ok(Err(e)) => break Some(format!("rejoining: {e:#}")),
+            Err(_) => break Some("rejoining: no `joined` in time".to_owned()),
+        }
+        outcome.result.rejoins += 1;
+        outcome.result.participant_id = Some(joined.1.0);
     };
-    if let Ok(mut ports) = shared.ports.lock() {
-        ports.insert(peer.local_addr().port());
-    }
-    let mut session = Session::new(plan, shared.clone(), signal, peer, me, &others, t0);
-    // `joined` may list only the first page of the roster (publishers first).
-    session
-        .more_roster(&others, 0, count.saturating_sub(1))
-        .await;
-    let ran = tokio::time::timeout_at(shared.hard_stop.into(), session.run()).await;
-    let error = match ran {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("{e:#}")),
-        Err(_) => Some("still running at the run's hard stop".to_owned()),
-    };
+    outcome.result.first_media_ms = first_media;
     if error.is_some() {
         Progress::inc(&shared.progress.failed);
     }
-    session.finish(&mut outcome);
     outcome.result.error = error;
     Progress::inc(&shared.progress.finished);
     outcome
+}
+
+/// A rejoin is not started this close to the end of the run.
+const REJOIN_MARGIN: Duration = Duration::from_secs(1);
+/// Pause between rejoin attempts.
+const REJOIN_BACKOFF: Duration = Duration::from_millis(300);
+
+/// Fills in the result from a session; latency and round-trip distributions add up over the
+/// participant's sessions.
+fn finish_keeping_distributions(session: &mut Session, outcome: &mut Outcome) {
+    let audio = std::mem::take(&mut outcome.audio_latency);
+    let video = std::mem::take(&mut outcome.video_latency);
+    let rtt = std::mem::take(&mut outcome.ws_rtt);
+    session.finish(outcome);
+    outcome.audio_latency.merge(&audio);
+    outcome.video_latency.merge(&video);
+    outcome.ws_rtt.merge(&rtt);
 }
 
 pub(crate) fn fail(mut outcome: Outcome, shared: &Shared, error: String) -> Outcome {
@@ -142,11 +220,11 @@ pub(crate) fn ms(d: Duration) -> f64 {
 /// Connects and joins; returns the socket, the participant's id, the others in the room (or the
 /// first page of them) and the headcount (0 if the server does not say).
 async fn join(
-    shared: &Shared,
     plan: &ParticipantPlan,
     token: String,
+    start: &str,
 ) -> anyhow::Result<(SignalClient, ParticipantId, Vec<ParticipantInfo>, u32)> {
-    let mut url = shared.server.ws.clone();
+    let mut url = start.to_owned();
     // A cluster node may send us to the node that serves the room; more than a few hops is a
     // misconfigured cluster.
     for _ in 0..MAX_MOVES {
@@ -228,6 +306,9 @@ struct Session {
     reported: Counters,
     receiving: bool,
     ended_us: Option<u64>,
+    /// Where to join again after this session: the node the server moved us to, or where we
+    /// began when the socket dropped.
+    rejoin_to: Option<String>,
 }
 
 impl Session {
@@ -281,6 +362,7 @@ impl Session {
             reported: Counters::default(),
             receiving: false,
             ended_us: None,
+            rejoin_to: None,
         }
     }
 
@@ -435,6 +517,7 @@ impl Session {
             Incoming::Message(m) => *m,
             Incoming::Unreadable(_) => return Ok(()),
             Incoming::Closed | Incoming::Failed(_) => {
+                self.rejoin_to = Some(self.shared.server.ws.clone());
                 bail!("the server closed the signalling socket")
             }
         };
@@ -514,10 +597,11 @@ impl Session {
                 }
                 return Ok(());
             }
-            ServerEvent::Joined { .. }
-            | ServerEvent::Waiting {}
-            | ServerEvent::Moved { .. }
-            | ServerEvent::Other => {
+            ServerEvent::Moved { url } => {
+                self.rejoin_to = Some(url);
+                bail!("moved by the server")
+            }
+            ServerEvent::Joined { .. } | ServerEvent::Waiting {} | ServerEvent::Other => {
                 return Ok(());
             }
         }

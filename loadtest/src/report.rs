@@ -29,6 +29,13 @@ pub struct ParticipantResult {
     pub video: bool,
     /// From starting to connect to `joined`.
     pub join_ms: Option<f64>,
+    /// Times it joined again after the server moved it (a cluster node went away) or its
+    /// socket dropped; its media figures are from its last session.
+    #[serde(default)]
+    pub rejoins: u32,
+    /// For each rejoin, from the last media frame of the old session to the first of the new.
+    #[serde(default)]
+    pub recovery_ms: Vec<f64>,
     /// From starting to connect to ICE and DTLS up.
     pub connect_ms: Option<f64>,
     /// From starting to connect to the first media frame received.
@@ -263,6 +270,12 @@ pub struct Report {
     pub connect_ms: Percentiles,
     /// To the first media frame.
     pub first_media_ms: Percentiles,
+    /// Participants that joined again during the run (moved, or their socket dropped).
+    #[serde(default)]
+    pub rejoined: usize,
+    /// The media gap of every rejoin: last frame before, first frame after.
+    #[serde(default)]
+    pub recovery_ms: Percentiles,
     /// From subscribing to a video to its first frame.
     pub first_video_frame_ms: Percentiles,
     pub audio_latency_ms: Percentiles,
@@ -424,6 +437,8 @@ impl Report {
             join_ms: ms_histogram(results.iter().filter_map(|r| r.join_ms)),
             connect_ms: ms_histogram(results.iter().filter_map(|r| r.connect_ms)),
             first_media_ms: ms_histogram(results.iter().filter_map(|r| r.first_media_ms)),
+            rejoined: results.iter().filter(|r| r.rejoins > 0).count(),
+            recovery_ms: ms_histogram(results.iter().flat_map(|r| r.recovery_ms.iter().copied())),
             first_video_frame_ms: ms_histogram(sources().filter_map(|s| s.first_video_ms)),
             audio_latency_ms: Percentiles::of_us(&audio_latency),
             video_latency_ms: Percentiles::of_us(&video_latency),
@@ -505,6 +520,14 @@ impl Report {
         row(&mut s, "join (joined)", p(&self.join_ms));
         row(&mut s, "join (connected)", p(&self.connect_ms));
         row(&mut s, "join (first media)", p(&self.first_media_ms));
+        if self.rejoined > 0 {
+            let recovered = format!(
+                "{} participants rejoined; media again after {}",
+                self.rejoined,
+                p(&self.recovery_ms)
+            );
+            row(&mut s, "rejoins", recovered);
+        }
         row(&mut s, "video after subscr.", p(&self.first_video_frame_ms));
         row(&mut s, "latency audio", p(&self.audio_latency_ms));
         row(&mut s, "latency video", p(&self.video_latency_ms));

@@ -287,6 +287,8 @@ pub struct ReceiverStats {
     pub video_latency: Histogram,
     pub media_bytes: u64,
     pub first_media_us: Option<u64>,
+    /// When the last media frame arrived (run clock).
+    pub last_media_us: Option<u64>,
     /// Frames whose probe names another sender than the track on that m-line.
     pub misrouted: u64,
     /// Frames without a readable probe.
@@ -305,6 +307,7 @@ impl ReceiverStats {
     ) {
         self.media_bytes += len as u64;
         self.first_media_us.get_or_insert(recv_us);
+        self.last_media_us = Some(recv_us);
         let latency = recv_us.saturating_sub(probe.sent_us);
         let source = self.sources.entry(probe.sender).or_default();
         match probe.layer.video_index() {

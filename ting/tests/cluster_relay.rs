@@ -170,3 +170,156 @@ async fn a_meeting_spans_three_nodes_and_everyone_gets_the_speakers() {
         server.shutdown().await;
     }
 }
+
+/// A `ting serve` process in cluster mode, for tests that kill it.
+struct NodeProcess {
+    child: std::process::Child,
+    http: std::net::SocketAddr,
+    _data: common::TempDir,
+}
+
+fn free_port() -> u16 {
+    // Bound and released: the node binds it a moment later (both TCP and UDP are free).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    drop(udp);
+    port
+}
+
+impl NodeProcess {
+    async fn start(prefix: &str, id: &str) -> Self {
+        let data = common::temp_dir(id);
+        let http = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ting"))
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1",
+                "--no-ice-tcp",
+                "--shards",
+                "1",
+            ])
+            .args(["--http-port", &http.port().to_string()])
+            .args(["--udp-port", &free_port().to_string()])
+            .args(["--relay-port", &free_port().to_string()])
+            .args(["--redis", &redis_url(), "--redis-prefix", prefix])
+            .args(["--node-id", id, "--node-capacity", "12"])
+            .args(["--token-secret", SECRET])
+            .arg("--data-dir")
+            .arg(&data.0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let node = Self {
+            child,
+            http,
+            _data: data,
+        };
+        let start = std::time::Instant::now();
+        while reqwest::get(format!("http://{http}/healthz"))
+            .await
+            .is_err()
+        {
+            assert!(start.elapsed().as_secs() < 20, "{id} did not start");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        node
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_participants_get_media_again_on_the_others() {
+    let prefix = format!("ting-test:failover:{:x}", rand::random::<u64>());
+    let store = RedisCluster::connect(&redis_url(), &prefix).await.unwrap();
+    let mut nodes = vec![
+        NodeProcess::start(&prefix, "node-1").await,
+        NodeProcess::start(&prefix, "node-2").await,
+        NodeProcess::start(&prefix, "node-3").await,
+    ];
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtest/scenarios/cluster-30.toml");
+    let mut scenario = Scenario::load(&file).unwrap();
+    scenario.duration_secs = 14.0;
+    let config = RunConfig::new(
+        scenario,
+        format!("http://{}", nodes[0].http),
+        SECRET.as_bytes().to_vec(),
+    );
+    let run = tokio::task::spawn_blocking(move || ting_loadtest::run(&config).unwrap());
+    // Everyone is in after the 2 s ramp; the third node dies (SIGKILL) 5 s later. Its
+    // participants notice when the node link times out (3 s) and they are moved.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let before = store.live_nodes().await.unwrap();
+    let on_third = before
+        .iter()
+        .find(|n| n.id.as_str() == "node-3")
+        .map_or(0, |n| n.participants);
+    let mut third = nodes.pop().unwrap();
+    third.child.kill().unwrap();
+    let killed_at = std::time::Instant::now();
+    // Its registry entry is gone within the heartbeat TTL (3 s).
+    loop {
+        let live = store.live_nodes().await.unwrap();
+        if live.iter().all(|n| n.id.as_str() != "node-3") {
+            break;
+        }
+        assert!(killed_at.elapsed().as_secs_f64() < 4.0, "{live:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let report = run.await.unwrap();
+    let summary = report.summary();
+    println!("{summary}");
+    println!("participants on node-3 when it was killed: {on_third}");
+
+    assert!(
+        on_third >= 5,
+        "node-3 carried part of the meeting: {before:?}"
+    );
+    assert_eq!(report.failed, 0, "{summary}{:?}", report.errors);
+    assert_eq!(
+        report.rejoined, on_third as usize,
+        "exactly node-3's participants rejoined\n{summary}"
+    );
+    assert!(
+        report.recovery_ms.count as u32 == on_third && report.recovery_ms.max < 5000.0,
+        "media again within 5 s: {:?}\n{summary}",
+        report.recovery_ms
+    );
+    let speakers: Vec<(u64, String)> = report
+        .participants
+        .iter()
+        .filter(|p| p.video)
+        .filter_map(|p| Some((p.participant_id?, p.identity.clone())))
+        .collect();
+    for p in &report.participants {
+        for (speaker, name) in speakers
+            .iter()
+            .filter(|(s, _)| Some(*s) != p.participant_id)
+        {
+            let from = p.sources.iter().find(|s| s.sender == *speaker);
+            let (audio, video) = from.map_or((0, 0), |s| (s.audio_frames, s.video_frames));
+            assert!(
+                audio > 0 && video > 0,
+                "{} gets {name} again: {audio} audio, {video} video frames\n{summary}",
+                p.identity
+            );
+            // Those who stayed put saw at most a short gap.
+            if p.rejoins == 0 {
+                let longest = from.map_or(0.0, |s| s.longest_freeze_ms);
+                assert!(
+                    longest < 1000.0,
+                    "{} froze {longest} ms on {name}",
+                    p.identity
+                );
+            }
+        }
+    }
+    drop(nodes);
+}
