@@ -50,7 +50,7 @@ fn start(id: &str, secret: &[u8]) -> (NodeLinks, Arc<Recorder>) {
         NodeId::new(id).unwrap(),
         "127.0.0.1:0".parse().unwrap(),
         secret,
-        router(),
+        Some(router()),
         SfuMetrics::unregistered(),
     )
     .unwrap();

@@ -100,9 +100,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The HTTP service of a media-only node (`ting sfu`): health and metrics, nothing for clients.
+pub fn media_node_app(registry: prometheus::Registry) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move { encode_metrics(&registry) }
+            }),
+        )
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
+    encode_metrics(state.hub.registry())
+}
+
+fn encode_metrics(registry: &prometheus::Registry) -> Response {
     let mut buf = Vec::new();
-    match TextEncoder::new().encode(&state.hub.registry().gather(), &mut buf) {
+    match TextEncoder::new().encode(&registry.gather(), &mut buf) {
         Ok(()) => (
             [(
                 header::CONTENT_TYPE,

@@ -22,7 +22,7 @@ mod whip;
 use std::future::Future;
 use std::time::Duration;
 
-pub use http::app;
+pub use http::{app, media_node_app};
 pub use hub::{Hub, HubError, SignallingConfig};
 pub use media::{MediaPlane, Site};
 pub use metrics::SignallingMetrics;
@@ -51,6 +51,17 @@ pub async fn serve(
     hub.sessions().close();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, hub.sessions().wait()).await;
     Ok(())
+}
+
+/// Serves a media-only node's health and metrics until `shutdown` completes.
+pub async fn serve_media_node(
+    listener: TcpListener,
+    registry: prometheus::Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, media_node_app(registry))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Feeds this node's SFU events to the hub until the shards stop; in a cluster, events about

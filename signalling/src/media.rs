@@ -48,20 +48,21 @@ struct PlaneState {
 pub struct MediaPlane(Arc<Inner>);
 
 struct Inner {
-    local: ShardRouter,
+    /// This node's SFU; `None` on a signalling-only node (`ting signalling`).
+    local: Option<ShardRouter>,
     links: Option<NodeLinks>,
     state: Mutex<PlaneState>,
 }
 
 impl From<ShardRouter> for MediaPlane {
     fn from(local: ShardRouter) -> Self {
-        Self::new(local, None)
+        Self::new(Some(local), None)
     }
 }
 
 impl MediaPlane {
     /// `links`: in a cluster, this node's links to the others.
-    pub fn new(local: ShardRouter, links: Option<NodeLinks>) -> Self {
+    pub fn new(local: Option<ShardRouter>, links: Option<NodeLinks>) -> Self {
         Self(Arc::new(Inner {
             local,
             links,
@@ -71,6 +72,14 @@ impl MediaPlane {
 
     pub fn links(&self) -> Option<&NodeLinks> {
         self.0.links.as_ref()
+    }
+
+    /// This node's SFU, if it has one.
+    fn local(&self) -> Result<&ShardRouter, ShardError> {
+        self.0
+            .local
+            .as_ref()
+            .ok_or(ShardError::Sfu(SfuError::Unavailable))
     }
 
     fn state(&self) -> MutexGuard<'_, PlaneState> {
@@ -144,8 +153,7 @@ impl MediaPlane {
     ) -> Result<(), ShardError> {
         match &site {
             Site::Local => {
-                self.0
-                    .local
+                self.local()?
                     .add_peer(room.clone(), participant, options)
                     .await?
             }
@@ -205,14 +213,22 @@ impl MediaPlane {
             return;
         };
         match (site, present) {
-            (Site::Local, true) => self.0.local.add_remote_track(
-                room.clone(),
-                track.id,
-                track.owner,
-                track.kind,
-                origin_node,
-            ),
-            (Site::Local, false) => self.0.local.remove_remote_track(track.id),
+            (Site::Local, true) => {
+                if let Some(local) = &self.0.local {
+                    local.add_remote_track(
+                        room.clone(),
+                        track.id,
+                        track.owner,
+                        track.kind,
+                        origin_node,
+                    );
+                }
+            }
+            (Site::Local, false) => {
+                if let Some(local) = &self.0.local {
+                    local.remove_remote_track(track.id);
+                }
+            }
             (Site::Remote(_), true) => {
                 let call = MediaCall::AddRemoteTrack {
                     room: room.clone(),
@@ -290,7 +306,7 @@ impl MediaPlane {
         publish: Vec<PublishRequest>,
     ) -> Result<OfferAnswer, ShardError> {
         match self.site_of(participant)? {
-            Site::Local => self.0.local.offer(participant, sdp, publish).await,
+            Site::Local => self.local()?.offer(participant, sdp, publish).await,
             site => {
                 let call = MediaCall::Offer {
                     participant,
@@ -310,7 +326,7 @@ impl MediaPlane {
         subscriptions: Vec<SubscribeRequest>,
     ) -> Result<(), ShardError> {
         match self.site_of(participant)? {
-            Site::Local => self.0.local.subscribe(participant, subscriptions).await,
+            Site::Local => self.local()?.subscribe(participant, subscriptions).await,
             site => {
                 let call = MediaCall::Subscribe {
                     participant,
@@ -327,7 +343,7 @@ impl MediaPlane {
         mids: Vec<String>,
     ) -> Result<(), ShardError> {
         match self.site_of(participant)? {
-            Site::Local => self.0.local.set_audio_slots(participant, mids).await,
+            Site::Local => self.local()?.set_audio_slots(participant, mids).await,
             site => {
                 let call = MediaCall::AudioSlots { participant, mids };
                 self.call(&site, call).await.map(|_| ())
@@ -341,7 +357,7 @@ impl MediaPlane {
         candidate: String,
     ) -> Result<(), ShardError> {
         match self.site_of(participant)? {
-            Site::Local => self.0.local.add_candidate(participant, candidate).await,
+            Site::Local => self.local()?.add_candidate(participant, candidate).await,
             site => {
                 let call = MediaCall::Candidate {
                     participant,
@@ -376,13 +392,21 @@ impl MediaPlane {
             Some(Site::Remote(node)) => {
                 self.send(Site::Remote(node), MediaCall::SetMuted { track, muted })
             }
-            _ => self.0.local.set_muted(track, muted),
+            _ => {
+                if let Some(local) = &self.0.local {
+                    local.set_muted(track, muted);
+                }
+            }
         }
     }
 
     pub fn unpublish_all(&self, participant: ParticipantId) {
         match self.site_of(participant) {
-            Ok(Site::Local) => self.0.local.unpublish_all(participant),
+            Ok(Site::Local) => {
+                if let Some(local) = &self.0.local {
+                    local.unpublish_all(participant);
+                }
+            }
             Ok(site) => self.send(site, MediaCall::UnpublishAll { participant }),
             Err(_) => return,
         }
@@ -394,7 +418,9 @@ impl MediaPlane {
     pub fn remove_peer(&self, participant: ParticipantId) {
         let Ok(site) = self.site_of(participant) else {
             // Never placed (or already removed): the local router ignores unknown ids.
-            self.0.local.remove_peer(participant);
+            if let Some(local) = &self.0.local {
+                local.remove_peer(participant);
+            }
             return;
         };
         let plane = self.clone();
@@ -415,7 +441,11 @@ impl MediaPlane {
             }
         });
         match site {
-            Site::Local => self.0.local.remove_peer(participant),
+            Site::Local => {
+                if let Some(local) = &self.0.local {
+                    local.remove_peer(participant);
+                }
+            }
             site => self.send(site, MediaCall::RemovePeer { participant }),
         }
     }

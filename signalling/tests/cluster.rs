@@ -39,6 +39,8 @@ fn status(id: &str, participants: u32) -> NodeStatus {
         capacity: 100,
         draining: false,
         relay_addr: None,
+        media: true,
+        signalling: true,
     }
 }
 

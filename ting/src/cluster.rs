@@ -36,6 +36,7 @@ impl Membership {
         config: &ClusterConfig,
         http_addr: SocketAddr,
         relay_addr: SocketAddr,
+        (media, signalling): (bool, bool),
         participants: IntGauge,
         draining: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
@@ -54,6 +55,8 @@ impl Membership {
                 capacity: config.capacity,
                 draining: false,
                 relay_addr: Some(relay_addr),
+                media,
+                signalling,
             },
             participants,
             draining,

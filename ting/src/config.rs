@@ -141,9 +141,33 @@ pub struct ClusterConfig {
     pub relay_port: u16,
 }
 
+/// What a node does: `ting serve` everything, `ting sfu` media only, `ting signalling` clients
+/// and rooms only (its participants' media goes to `ting sfu` nodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub media: bool,
+    pub signalling: bool,
+}
+
+impl Roles {
+    pub const ALL: Self = Self {
+        media: true,
+        signalling: true,
+    };
+    pub const MEDIA: Self = Self {
+        media: true,
+        signalling: false,
+    };
+    pub const SIGNALLING: Self = Self {
+        media: false,
+        signalling: true,
+    };
+}
+
 /// Everything `ting serve` needs, resolved.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    pub roles: Roles,
     pub data_dir: PathBuf,
     pub token_secret: Vec<u8>,
     pub http_port: u16,
@@ -163,11 +187,23 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        Self::resolve_for(args, Roles::ALL)
+    }
+
+    /// The configuration of a node with `roles`; a node with only some roles works in a
+    /// cluster only.
+    pub fn resolve_for(args: &ServeArgs, roles: Roles) -> anyhow::Result<Self> {
         let file = FileConfig::load(args.common.config.as_deref())?;
         let data_dir = resolve_data_dir(&args.common, &file);
         let token_secret = resolve_secret(&args.common, &file, &data_dir)?;
         let cluster = resolve_cluster(args, &file)?;
+        anyhow::ensure!(
+            roles == Roles::ALL || cluster.is_some(),
+            "`ting sfu` and `ting signalling` are cluster roles: give --redis and --node-id \
+             (or run `ting serve`, which does both)"
+        );
         Ok(Self {
+            roles,
             cluster,
             token_secret,
             http_port: args
@@ -374,6 +410,21 @@ mod tests {
             embedded.is_ok_and(|c| c.cluster.is_none()),
             "no Redis: the embedded default"
         );
+        // One role alone makes sense only in a cluster.
+        let lone = ServeConfig::resolve_for(
+            &ServeArgs {
+                redis_url: None,
+                ..args(None)
+            },
+            Roles::MEDIA,
+        );
+        assert!(lone.is_err_and(|e| e.to_string().contains("cluster roles")));
+        let media = ServeConfig::resolve_for(&args(Some("sfu-1")), Roles::MEDIA);
+        assert!(media.is_ok_and(|c| {
+            c.roles == Roles::MEDIA
+                && c.cluster
+                    .is_some_and(|c| c.relay_port == DEFAULT_RELAY_PORT)
+        }));
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ting::config::{
-    CommonArgs, FileConfig, ServeArgs, ServeConfig, resolve_data_dir, resolve_secret,
+    CommonArgs, FileConfig, Roles, ServeArgs, ServeConfig, resolve_data_dir, resolve_secret,
 };
 use ting_protocol::{Role, RoomId};
 use ting_signalling::TokenKeys;
@@ -24,6 +24,12 @@ struct Cli {
 enum Command {
     /// Run everything in one process: web client, signalling, SFU.
     Serve(ServeArgs),
+    /// Cluster role: media only (an SFU that signalling nodes place participants on); serves
+    /// /healthz and /metrics on its HTTP port. Needs --redis and --node-id.
+    Sfu(ServeArgs),
+    /// Cluster role: web client, signalling and rooms, with every participant's media on
+    /// `ting sfu` (or `ting serve`) nodes. Needs --redis and --node-id.
+    Signalling(ServeArgs),
     /// Print a join token (also usable as a WHIP/WHEP Bearer token).
     Token(TokenArgs),
     /// Load test a server with simulated participants (see loadtest/README.md).
@@ -53,20 +59,22 @@ struct TokenArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, Roles::ALL),
+        Command::Sfu(args) => serve(args, Roles::MEDIA),
+        Command::Signalling(args) => serve(args, Roles::SIGNALLING),
         Command::Token(args) => token(args),
         Command::Loadtest(args) => ting_loadtest::cli::run(args),
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new("info,str0m=error")),
         )
         .init();
-    let config = ServeConfig::resolve(&args)?;
+    let config = ServeConfig::resolve_for(&args, roles)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let running = ting::server::start(config, shutdown_signal()).await?;

@@ -94,7 +94,12 @@ pub async fn start(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
-    let shard_count = u16::try_from(config.shards.max(1)).unwrap_or(u16::MAX);
+    // A signalling-only node has no media shards.
+    let shard_count = if config.roles.media {
+        u16::try_from(config.shards.max(1)).unwrap_or(u16::MAX)
+    } else {
+        0
+    };
     let plans = (0..shard_count)
         .map(|index| plan_shard(&config, index))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -125,7 +130,10 @@ pub async fn start(
         });
         handles.push(shard.handle);
     }
-    let router = ShardRouter::new(handles).context("no media shard")?;
+    let router = ShardRouter::new(handles);
+    if config.roles.media && router.is_none() {
+        anyhow::bail!("no media shard");
+    }
 
     let listener = tokio::net::TcpListener::bind((config.bind, config.http_port))
         .await
@@ -134,7 +142,9 @@ pub async fn start(
     let draining = Arc::new(AtomicBool::new(false));
     // Clients and other nodes reach this node where its media is: the first host candidate's
     // address.
-    let advertised_ip = media_addrs.first().map_or(http_addr.ip(), |a| a.ip());
+    let advertised_ip = media_addrs
+        .first()
+        .map_or_else(|| advertised_without_media(http_addr.ip()), |a| a.ip());
     let advertised = SocketAddr::new(advertised_ip, http_addr.port());
     let links = match &config.cluster {
         Some(cluster) => Some(
@@ -153,7 +163,18 @@ pub async fn start(
         (Some(cluster), Some(links)) => {
             let relay_addr = SocketAddr::new(advertised_ip, links.local_addr()?.port());
             let gauge = sfu_metrics.peers.clone();
-            Some(Membership::join(cluster, advertised, relay_addr, gauge, draining.clone()).await?)
+            let roles = (config.roles.media, config.roles.signalling);
+            Some(
+                Membership::join(
+                    cluster,
+                    advertised,
+                    relay_addr,
+                    roles,
+                    gauge,
+                    draining.clone(),
+                )
+                .await?,
+            )
         }
         _ => None,
     };
@@ -168,12 +189,38 @@ pub async fn start(
                 region: cluster.region.clone(),
                 directory,
                 claim_ttl: HEARTBEAT_TTL,
-                draining,
+                draining: draining.clone(),
                 http_url: format!("http://{advertised}"),
             })
         }
         _ => None,
     };
+    let (stop_heartbeats, stopped) = watch::channel(false);
+    if !config.roles.signalling {
+        // `ting sfu`: other nodes drive this node's SFU over the node links.
+        let links = links.context("a media node runs in a cluster")?;
+        let heartbeats = membership.map(|m| m.spawn_heartbeats(stopped, None));
+        tokio::spawn(route_media_events(links.clone(), events));
+        let task = tokio::spawn(async move {
+            let served = ting_signalling::serve_media_node(listener, registry, shutdown).await;
+            // No new participants while the link closes; the signalling nodes move the ones
+            // here to other nodes as soon as the link is gone.
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            links.close();
+            let _ = stop_heartbeats.send(true);
+            if let Some(heartbeats) = heartbeats {
+                let _ = heartbeats.await;
+            }
+            served?;
+            Ok(())
+        });
+        return Ok(Running {
+            http_addr,
+            media_addrs,
+            tcp_media_addrs,
+            task,
+        });
+    }
     let directory = link.as_ref().map(|l| l.directory.clone());
     let first_participant_id = match &link {
         Some(link) => {
@@ -200,7 +247,6 @@ pub async fn start(
         link,
     )?;
     tokio::spawn(ting_signalling::pump_sfu_events(hub.clone(), events));
-    let (stop_heartbeats, stopped) = watch::channel(false);
     let heartbeats = membership.map(|m| m.spawn_heartbeats(stopped, directory.clone()));
     let task = tokio::spawn(async move {
         let served = ting_signalling::serve(listener, hub, shutdown).await;
@@ -221,6 +267,33 @@ pub async fn start(
         tcp_media_addrs,
         task,
     })
+}
+
+/// A media node's SFU events all concern participants whose signalling is on other nodes.
+async fn route_media_events(
+    links: NodeLinks,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<ting_sfu::SfuEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        if let Some(unclaimed) = links.route_event(event) {
+            tracing::debug!(?unclaimed, "SFU event for no signalling node");
+        }
+    }
+}
+
+/// The address other nodes reach a node without media sockets at: the bound address, or
+/// when bound to every interface, the first non-loopback IPv4 address.
+fn advertised_without_media(bound: IpAddr) -> IpAddr {
+    if !bound.is_unspecified() {
+        return bound;
+    }
+    if_addrs::get_if_addrs()
+        .ok()
+        .into_iter()
+        .flatten()
+        .map(|i| i.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 /// The first participant id of a node start with this cluster epoch: each start owns 2^32 ids,

@@ -170,6 +170,7 @@ async fn a_node_that_cannot_reach_redis_does_not_start() {
     config.redis_url = "redis://127.0.0.1:1/".into();
     let dir = common::temp_dir("unreachable");
     let serve = ting::config::ServeConfig {
+        roles: ting::config::Roles::ALL,
         data_dir: dir.0.clone(),
         token_secret: common::SECRET.as_bytes().to_vec(),
         http_port: 0,

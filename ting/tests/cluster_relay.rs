@@ -188,17 +188,15 @@ fn free_port() -> u16 {
 
 impl NodeProcess {
     async fn start(prefix: &str, id: &str) -> Self {
+        Self::start_role("serve", prefix, id).await
+    }
+
+    /// A node with one role: `serve`, `sfu` or `signalling`.
+    async fn start_role(role: &str, prefix: &str, id: &str) -> Self {
         let data = common::temp_dir(id);
         let http = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_ting"))
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1",
-                "--no-ice-tcp",
-                "--shards",
-                "1",
-            ])
+            .args([role, "--bind", "127.0.0.1", "--no-ice-tcp", "--shards", "1"])
             .args(["--http-port", &http.port().to_string()])
             .args(["--udp-port", &free_port().to_string()])
             .args(["--relay-port", &free_port().to_string()])
@@ -322,4 +320,51 @@ async fn a_killed_nodes_participants_get_media_again_on_the_others() {
         }
     }
     drop(nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signalling_node_puts_everyone_on_media_nodes() {
+    let prefix = format!("ting-test:roles:{:x}", rand::random::<u64>());
+    let store = RedisCluster::connect(&redis_url(), &prefix).await.unwrap();
+    let signalling = NodeProcess::start_role("signalling", &prefix, "signal-1").await;
+    let media = [
+        NodeProcess::start_role("sfu", &prefix, "media-1").await,
+        NodeProcess::start_role("sfu", &prefix, "media-2").await,
+    ];
+    // A media node serves no clients.
+    let page = reqwest::get(format!("http://{}/", media[0].http))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::NOT_FOUND);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtest/scenarios/smoke-10.toml");
+    let mut scenario = Scenario::load(&file).unwrap();
+    scenario.duration_secs = 6.0;
+    let config = RunConfig::new(
+        scenario,
+        format!("http://{}", signalling.http),
+        SECRET.as_bytes().to_vec(),
+    );
+    let run = tokio::task::spawn_blocking(move || ting_loadtest::run(&config).unwrap());
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let load = store.live_nodes().await.unwrap();
+    let report = run.await.unwrap();
+    let summary = report.summary();
+    println!("{summary}\n{load:?}");
+    let roles: Vec<(String, bool, bool, u32)> = load
+        .iter()
+        .map(|n| (n.id.to_string(), n.media, n.signalling, n.participants))
+        .collect();
+    assert_eq!(roles.len(), 3, "{roles:?}");
+    for (id, media, signals, participants) in &roles {
+        assert_eq!(*media, id.starts_with("media"), "{roles:?}");
+        assert_eq!(*signals, id.starts_with("signal"), "{roles:?}");
+        if *media {
+            assert!(*participants >= 3, "media spread over both SFUs: {roles:?}");
+        }
+    }
+    assert_eq!(report.failed, 0, "{summary}{:?}", report.errors);
+    assert_eq!((report.joined, report.connected), (10, 10), "{summary}");
+    assert_eq!(report.received_nothing, 0, "{summary}");
+    assert_eq!(report.missing_streams, 0, "{summary}");
+    drop(media);
 }

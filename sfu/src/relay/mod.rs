@@ -62,7 +62,8 @@ struct Inner {
     node: NodeId,
     endpoint: quinn::Endpoint,
     key: hmac::Key,
-    router: ShardRouter,
+    /// This node's SFU; `None` on a signalling-only node.
+    router: Option<ShardRouter>,
     metrics: SfuMetrics,
     handler: OnceLock<Arc<dyn LinkHandler>>,
     state: Mutex<State>,
@@ -98,7 +99,7 @@ impl NodeLinks {
         node: NodeId,
         bind: SocketAddr,
         cluster_secret: &[u8],
-        router: ShardRouter,
+        router: Option<ShardRouter>,
         metrics: SfuMetrics,
     ) -> Result<Self, LinkError> {
         let mut endpoint = quinn::Endpoint::server(auth::server_config()?, bind)?;
@@ -114,7 +115,9 @@ impl NodeLinks {
             next_call: AtomicU64::new(1),
             runtime: tokio::runtime::Handle::current(),
         }));
-        router.set_relay(Arc::new(links.clone()));
+        if let Some(router) = &router {
+            router.set_relay(Arc::new(links.clone()));
+        }
         tokio::spawn(links.clone().accept_loop());
         Ok(links)
     }
@@ -382,7 +385,11 @@ impl NodeLinks {
             packets.inc();
             bytes.inc_by(datagram.len() as u64);
             match wire::decode_media(&datagram, Instant::now()) {
-                Ok(media) => self.0.router.relay_media(peer.clone(), media),
+                Ok(media) => {
+                    if let Some(router) = &self.0.router {
+                        router.relay_media(peer.clone(), media);
+                    }
+                }
                 Err(e) => {
                     self.0.metrics.unroutable.inc();
                     debug!(node = %peer, "relay datagram dropped: {e}");
@@ -407,7 +414,11 @@ impl NodeLinks {
             };
             match frame {
                 Frame::Hello { .. } => {}
-                Frame::Relay { control } => self.0.router.relay_control(peer.clone(), control),
+                Frame::Relay { control } => {
+                    if let Some(router) = &self.0.router {
+                        router.relay_control(peer.clone(), control);
+                    }
+                }
                 Frame::Call { id, call } => {
                     let links = self.clone();
                     let peer = peer.clone();
@@ -453,7 +464,12 @@ impl NodeLinks {
             MediaCall::RemovePeer { participant } => Some(*participant),
             _ => None,
         };
-        let reply = rpc::serve(&self.0.router, call).await;
+        let reply = match &self.0.router {
+            Some(router) => rpc::serve(router, call).await,
+            None => MediaReply::Failed {
+                error: crate::SfuError::Unavailable,
+            },
+        };
         if let Some(participant) = removed {
             let mut state = self.state();
             if let Some(node) = state.controllers.remove(&participant) {
@@ -501,8 +517,10 @@ impl NodeLinks {
             return;
         };
         warn!(node = %peer, "node link lost");
-        for participant in orphans {
-            self.0.router.remove_peer(participant);
+        if let Some(router) = &self.0.router {
+            for participant in orphans {
+                router.remove_peer(participant);
+            }
         }
         if let Some(handler) = self.0.handler.get() {
             handler.link_lost(peer);

@@ -37,7 +37,9 @@ impl ClusterLink {
             if hosts.contains(&self.node) {
                 return Ok(None);
             }
-            let nodes = self.store.live_nodes().await?;
+            let mut nodes = self.store.live_nodes().await?;
+            // Rooms live on nodes that serve clients (not on media-only `ting sfu` nodes).
+            nodes.retain(|n| n.signalling);
             let url_of = |id: &NodeId| {
                 nodes
                     .iter()
@@ -84,12 +86,12 @@ impl ClusterLink {
             node.participants = node.participants.max(placed_on(&node.id));
         }
         let here = nodes.iter().find(|n| n.id == self.node);
-        let open_here = here.is_some_and(|n| n.participants < n.capacity)
+        let open_here = here.is_some_and(|n| n.media && n.participants < n.capacity)
             && !self.draining.load(std::sync::atomic::Ordering::Relaxed);
         if open_here {
             return None;
         }
-        nodes.retain(|n| n.id != self.node && n.relay_addr.is_some());
+        nodes.retain(|n| n.id != self.node && n.media && n.relay_addr.is_some());
         select_node(&nodes, Some(&self.region)).cloned()
     }
 
@@ -100,7 +102,10 @@ impl ClusterLink {
     /// meeting then ends here).
     pub async fn hand_over(&self, rooms: &[(RoomId, u32)]) -> Vec<Option<String>> {
         let mut others: Vec<_> = match self.store.live_nodes().await {
-            Ok(nodes) => nodes.into_iter().filter(|n| n.id != self.node).collect(),
+            Ok(nodes) => nodes
+                .into_iter()
+                .filter(|n| n.id != self.node && n.signalling)
+                .collect(),
             Err(e) => {
                 warn!("cannot hand the meetings over: {e}");
                 return vec![None; rooms.len()];
@@ -163,6 +168,8 @@ mod tests {
             capacity,
             draining: false,
             relay_addr: None,
+            media: true,
+            signalling: true,
         }
     }
 

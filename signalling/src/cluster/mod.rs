@@ -41,6 +41,16 @@ pub struct NodeStatus {
     /// Where the node takes links from other nodes (media relay, remote media calls).
     #[serde(default)]
     pub relay_addr: Option<std::net::SocketAddr>,
+    /// Carries participants' media (`ting serve`, `ting sfu`).
+    #[serde(default = "yes")]
+    pub media: bool,
+    /// Serves clients and hosts rooms' signalling (`ting serve`, `ting signalling`).
+    #[serde(default = "yes")]
+    pub signalling: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, thiserror::Error)]

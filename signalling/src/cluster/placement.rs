@@ -45,6 +45,8 @@ mod tests {
             capacity,
             draining,
             relay_addr: None,
+            media: true,
+            signalling: true,
         }
     }
 

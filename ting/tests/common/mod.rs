@@ -75,6 +75,7 @@ impl TestServer {
     ) -> Self {
         let dir = temp_dir("server");
         let config = ServeConfig {
+            roles: ting::config::Roles::ALL,
             data_dir: dir.0.clone(),
             token_secret: SECRET.as_bytes().to_vec(),
             http_port: 0,
