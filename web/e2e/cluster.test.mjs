@@ -19,7 +19,7 @@ const PREFIX = `ting-e2e:${randomBytes(6).toString('hex')}`;
 const nodes = [];
 const people = [];
 
-const clusterArgs = (id) => ['--tcp-port', '0', '--redis', REDIS, '--redis-prefix', PREFIX, '--node-id', id, '--token-secret', SECRET];
+const clusterArgs = (id) => ['--tcp-port', '0', '--relay-port', '0', '--redis', REDIS, '--redis-prefix', PREFIX, '--node-id', id, '--token-secret', SECRET];
 
 before(async () => {
   assert.ok(TING_BIN, 'TING_BIN is not set: point it at the ting server binary');
@@ -76,7 +76,7 @@ test('a participant who opens the room on another node is moved to it; a stoppin
 
 test('when a node crashes, its meeting re-forms on another node by itself', { timeout: 120_000 }, async () => {
   const prefix = `ting-e2e:${randomBytes(6).toString('hex')}`;
-  const args = (id) => ['--tcp-port', '0', '--redis', REDIS, '--redis-prefix', prefix, '--node-id', id, '--token-secret', SECRET];
+  const args = (id) => ['--tcp-port', '0', '--relay-port', '0', '--redis', REDIS, '--redis-prefix', prefix, '--node-id', id, '--token-secret', SECRET];
   const crashing = await startServer(TING_BIN, args('e2e-a'));
   const surviving = await startServer(TING_BIN, args('e2e-b'));
   nodes.push(crashing, surviving);
