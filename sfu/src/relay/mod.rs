@@ -3,9 +3,9 @@
 //! signalling node drives the SFU of another node for participants whose media is there
 //! (calls and replies, and the SFU's events back).
 //!
-//! A link authenticates both ends with the cluster secret (see [`auth`]); until it has, nothing
-//! it carries is read. Links are dialed when first needed, to addresses learnt from the
-//! cluster's registry; a link that goes quiet for [`auth::IDLE_TIMEOUT`] is dead, and the
+//! A link authenticates both ends with the cluster secret (see the `auth` module); until it
+//! has, nothing it carries is read. Links are dialed when first needed, to addresses learnt
+//! from the cluster's registry; a link that goes quiet for three seconds is dead, and the
 //! [`LinkHandler`] hears of it.
 
 mod auth;
