@@ -18,9 +18,10 @@ use tracing::{info, warn};
 use crate::config::ClusterConfig;
 
 /// How long a node counts as alive after its last heartbeat.
-pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
-/// How often a node renews its entry: three chances per TTL.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(2);
+/// How often a node renews its entry: four chances per TTL, so that a node stalled for over a
+/// second keeps its place, and a dead one is gone within two.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 
 pub struct Membership {
     store: RedisCluster,

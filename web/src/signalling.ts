@@ -40,7 +40,9 @@ const DEFAULT_GRACE_SECS = 30;
 /** How many `moved` answers one join follows. */
 const MAX_MOVES = 3;
 /** Failed reconnects to the node we were moved to before going back to our origin. */
-const FAILOVER_AFTER_ATTEMPTS = 2;
+const FAILOVER_AFTER_ATTEMPTS = 1;
+/** Spread of the retries of many clients who lost the same node. */
+const RETRY_JITTER_MS = 250;
 /** Errors that answer `join` and make retrying pointless. */
 const FATAL_JOIN_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'invalid_token',
@@ -239,13 +241,16 @@ export class Signalling {
       this.finish({ kind: 'gave_up' }, 0, false);
       return;
     }
-    const delay = Math.min(FIRST_BACKOFF_MS * 2 ** this.attempt, left);
+    let backoff = FIRST_BACKOFF_MS * 2 ** this.attempt;
     this.attempt += 1;
     // The node we were moved to is gone (a crash, not a clean stop): go back to where we
-    // started; that node finds the meeting (or re-forms it) and sends us on.
+    // started, soon; that node finds the meeting (or re-forms it once the dead node's entry
+    // expires) and sends us on. Only retries of the origin itself back off further.
     if (this.attempt > FAILOVER_AFTER_ATTEMPTS && this.url !== this.origin) {
       this.url = this.origin;
+      backoff = FIRST_BACKOFF_MS;
     }
+    const delay = Math.min(backoff + Math.random() * RETRY_JITTER_MS, left);
     // A drop is not a redirect loop: count `moved` afresh.
     this.moves = 0;
     this.handlers.reconnecting(this.attempt, delay);

@@ -27,10 +27,12 @@ pub struct ClusterLink {
 
 impl ClusterLink {
     /// The base HTTP URL of the node a new participant of `room` should use, or `None` for
-    /// this one. A room stays on the node that already carries it (until rooms can span nodes
-    /// through the media relay); a new room goes to the least loaded open node of this node's
+    /// this one. A room's signalling stays on the node that carries it (its media may spread
+    /// over other nodes); a new room goes to the least loaded open node of this node's
     /// region. When the store cannot be read the participant stays here: a meeting that works
-    /// on a busier node beats no meeting.
+    /// on a busier node beats no meeting. A node that does not answer is not sent anyone:
+    /// this node takes its room over at once instead of waiting for its registry entry to
+    /// expire (a crashed node's meeting re-forms within seconds).
     pub async fn elsewhere(&self, room: &RoomId) -> Option<String> {
         let placement = async {
             let hosts = self.store.room_nodes(room).await?;
@@ -56,7 +58,19 @@ impl ClusterLink {
                 None => select_node(&nodes, Some(&self.region)).map_or(&self.node, |n| &n.id),
             };
             let owner = self.store.claim_room(room, best, self.claim_ttl).await?;
-            Ok::<_, super::ClusterError>(url_of(&owner))
+            let Some(url) = url_of(&owner) else {
+                return Ok(None);
+            };
+            if !answers(&url).await
+                && self
+                    .store
+                    .hand_over_room(room, &owner, &self.node, self.claim_ttl)
+                    .await?
+            {
+                warn!(room = %room, node = %owner, "the room's node does not answer; taking the room over");
+                return Ok(None);
+            }
+            Ok::<_, super::ClusterError>(Some(url))
         };
         match placement.await {
             Ok(url) => url,
@@ -140,6 +154,23 @@ impl ClusterLink {
         }
         targets
     }
+}
+
+/// How long a node may take to accept a TCP connection before it counts as gone.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Whether the node at `http_url` accepts connections (a crashed node refuses them at once, a
+/// dead host times out).
+async fn answers(http_url: &str) -> bool {
+    let authority = http_url
+        .split_once("://")
+        .map_or(http_url, |(_, rest)| rest)
+        .trim_end_matches('/');
+    let connect = tokio::net::TcpStream::connect(authority);
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, connect).await,
+        Ok(Ok(_))
+    )
 }
 
 /// `http(s)://host:port` → `ws(s)://host:port/ws`.
@@ -232,6 +263,49 @@ mod tests {
             ..link
         };
         assert_eq!(link.hand_over(&rooms[..1]).await, vec![None]);
+    }
+
+    #[tokio::test]
+    async fn a_room_whose_node_does_not_answer_is_taken_over_at_once() {
+        let store = Arc::new(MemoryCluster::default());
+        let ttl = Duration::from_secs(30);
+        // A node that is alive (listening) and one that crashed (its port refuses), both
+        // still in the registry.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let alive = format!("http://{}", listener.local_addr().unwrap());
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let crashed = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        for (id, url) in [("alive", &alive), ("crashed", &crashed), ("here", &alive)] {
+            let node = NodeStatus {
+                http_url: url.clone(),
+                ..status(id, 10, 100)
+            };
+            store.heartbeat(&node, ttl).await.unwrap();
+        }
+        let here = NodeId::new("here").unwrap();
+        let (directory, _task) = Directory::spawn(store.clone(), here.clone(), ttl);
+        let link = ClusterLink {
+            store: store.clone(),
+            node: here.clone(),
+            region: "eu".into(),
+            directory,
+            claim_ttl: ttl,
+            draining: Arc::new(AtomicBool::new(false)),
+            http_url: alive.clone(),
+        };
+        let room_of = |name: &str| RoomId::new(name).unwrap();
+        for (room, owner) in [("up", "alive"), ("down", "crashed")] {
+            let owner = NodeId::new(owner).unwrap();
+            store.claim_room(&room_of(room), &owner, ttl).await.unwrap();
+        }
+        assert_eq!(link.elsewhere(&room_of("up")).await, Some(alive.clone()));
+        assert_eq!(link.elsewhere(&room_of("down")).await, None, "served here");
+        let owner = store
+            .claim_room(&room_of("down"), &NodeId::new("x").unwrap(), ttl)
+            .await
+            .unwrap();
+        assert_eq!(owner, here, "the claim moved to this node");
     }
 
     #[test]
