@@ -171,8 +171,9 @@ impl Hub {
         &self.0.sfu
     }
 
-    /// Which SFU takes a new participant's media: this node's unless it is full (cluster).
-    pub(crate) async fn place_media(&self) -> Site {
+    /// Which SFU takes a new participant's media (in `region`, if given and a node there has
+    /// room): this node's unless it is full or elsewhere (cluster).
+    pub(crate) async fn place_media(&self, region: Option<&str>) -> Site {
         let (Some(cluster), Some(links)) = (&self.0.cluster, self.0.sfu.links()) else {
             return Site::Local;
         };
@@ -185,7 +186,7 @@ impl Hub {
                 plane.count_on(&Site::Remote(node.clone())) as u32
             }
         };
-        match cluster.media_node(placed_on).await {
+        match cluster.media_node(placed_on, region).await {
             Some(status) => {
                 if let Some(addr) = status.relay_addr {
                     links.learn(&status.id, addr);
@@ -254,7 +255,8 @@ impl Hub {
             tracks: Vec::new(),
             hand_raised: false,
         };
-        let member = Member::new(info, hidden, random_token());
+        let mut member = Member::new(info, hidden, random_token());
+        member.region = claims.region.clone();
         {
             let mut rooms = self.rooms();
             let settings = rooms
@@ -282,7 +284,7 @@ impl Hub {
                 return Ok((id, 1));
             }
         }
-        let site = self.place_media().await;
+        let site = self.place_media(claims.region.as_deref()).await;
         self.0
             .sfu
             .add_peer(claims.room.clone(), id, media_options(claims.role), site)

@@ -329,7 +329,7 @@ impl Hub {
                 return;
             };
             let options = crate::hub::media_options(member.info.role);
-            let site = hub.place_media().await;
+            let site = hub.place_media(member.region.as_deref()).await;
             if let Err(e) = hub
                 .sfu()
                 .add_peer(room.clone(), target, options, site)

@@ -31,6 +31,8 @@ pub struct Member {
     generation: u64,
     /// Kinds a moderator muted; unmuting them needs the room's `allow_self_unmute`.
     pub moderator_muted: HashSet<TrackKind>,
+    /// Where the participant is, from its token (cluster media placement).
+    pub region: Option<String>,
 }
 
 impl Member {
@@ -42,6 +44,7 @@ impl Member {
             outbox: None,
             generation: 0,
             moderator_muted: HashSet::new(),
+            region: None,
         }
     }
 

@@ -20,6 +20,10 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Where the participant is (a region name the cluster's nodes use, as `--region`): in a
+    /// cluster its media goes to a node there when one has room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -86,8 +90,31 @@ impl TokenKeys {
             role,
             exp: now + ttl.as_secs(),
             iat: Some(now),
+            region: None,
         };
         self.sign(&claims)
+    }
+
+    /// A token as [`TokenKeys::mint`] makes, for a participant in `region`.
+    pub fn mint_in_region(
+        &self,
+        room: RoomId,
+        identity: &str,
+        name: &str,
+        role: Role,
+        ttl: Duration,
+        region: Option<String>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = unix_now();
+        self.sign(&Claims {
+            room,
+            sub: identity.to_owned(),
+            name: name.to_owned(),
+            role,
+            exp: now + ttl.as_secs(),
+            iat: Some(now),
+            region,
+        })
     }
 
     pub fn sign(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
@@ -159,6 +186,7 @@ mod tests {
                 role: Role::Speaker,
                 exp: unix_now() - 3600,
                 iat: None,
+                region: None,
             })
             .unwrap_or_default();
         assert_eq!(keys.verify(&expired, None), Err(TokenError::Expired));
@@ -170,6 +198,7 @@ mod tests {
                 role: Role::Speaker,
                 exp: unix_now() - 10,
                 iat: None,
+                region: None,
             })
             .unwrap_or_default();
         assert_eq!(

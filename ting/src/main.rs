@@ -54,6 +54,9 @@ struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     ttl: u64,
+    /// Where the participant is (a cluster region name): its media goes to a node there.
+    #[arg(long)]
+    region: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -125,12 +128,13 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let data_dir = resolve_data_dir(&args.common, &file);
     let secret = resolve_secret(&args.common, &file, &data_dir)?;
     let name = args.name.as_deref().unwrap_or(&args.identity);
-    let token = TokenKeys::new(&secret)?.mint(
+    let token = TokenKeys::new(&secret)?.mint_in_region(
         room,
         &args.identity,
         name,
         args.role,
         Duration::from_secs(args.ttl),
+        args.region,
     )?;
     println!("{token}");
     Ok(())

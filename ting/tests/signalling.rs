@@ -106,6 +106,7 @@ async fn bad_tokens_are_refused_with_clear_codes() {
             role: Role::Speaker,
             exp: ting_signalling::token::unix_now() - 600,
             iat: None,
+            region: None,
         })
         .unwrap();
     join_fails(&server, join(&expired, None), ErrorCode::TokenExpired).await;

@@ -84,11 +84,16 @@ impl ClusterLink {
 
 impl ClusterLink {
     /// The node whose SFU should carry a new participant's media, or `None` for this one.
-    /// This node while it has room (relaying costs a hop); when it is full or draining, the
-    /// least loaded open node of its region that takes node links. `placed_on` counts the
-    /// participants this node placed on a node: heartbeats report load once a second, and a
-    /// join storm must not fill a node before its next one.
-    pub async fn media_node(&self, placed_on: impl Fn(&NodeId) -> u32) -> Option<NodeStatus> {
+    /// This node while it has room and is in the participant's `region` (default: this node's)
+    /// — relaying costs a hop; otherwise the least loaded open media node of that region, or of
+    /// any region when none there has room. `placed_on` counts the participants this node
+    /// placed on a node: heartbeats report load twice a second, and a join storm must not fill
+    /// a node before its next one.
+    pub async fn media_node(
+        &self,
+        placed_on: impl Fn(&NodeId) -> u32,
+        region: Option<&str>,
+    ) -> Option<NodeStatus> {
         let mut nodes = match self.store.live_nodes().await {
             Ok(nodes) => nodes,
             Err(e) => {
@@ -99,14 +104,27 @@ impl ClusterLink {
         for node in &mut nodes {
             node.participants = node.participants.max(placed_on(&node.id));
         }
-        let here = nodes.iter().find(|n| n.id == self.node);
-        let open_here = here.is_some_and(|n| n.media && n.participants < n.capacity)
-            && !self.draining.load(std::sync::atomic::Ordering::Relaxed);
-        if open_here {
+        let wanted = region.unwrap_or(&self.region);
+        let draining = self.draining.load(std::sync::atomic::Ordering::Relaxed);
+        let open_here = |n: &NodeStatus| n.media && n.participants < n.capacity && !draining;
+        if nodes
+            .iter()
+            .any(|n| n.id == self.node && open_here(n) && n.region == wanted)
+        {
             return None;
         }
-        nodes.retain(|n| n.id != self.node && n.media && n.relay_addr.is_some());
-        select_node(&nodes, Some(&self.region)).cloned()
+        // This node stays a candidate (for another region's participant when no node there
+        // has room); the others need a node-link address.
+        nodes.retain(|n| {
+            if n.id == self.node {
+                open_here(n)
+            } else {
+                n.media && n.relay_addr.is_some()
+            }
+        });
+        select_node(&nodes, Some(wanted))
+            .filter(|n| n.id != self.node)
+            .cloned()
     }
 
     /// Hands every meeting over to other open nodes before this one stops, each to the least
@@ -306,6 +324,70 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(owner, here, "the claim moved to this node");
+    }
+
+    #[tokio::test]
+    async fn media_goes_to_this_node_then_to_the_least_loaded_in_the_participants_region() {
+        let ttl = Duration::from_secs(30);
+        let relay = Some("127.0.0.1:7890".parse().unwrap());
+        let node = |id: &str, region: &str, participants: u32| NodeStatus {
+            region: region.into(),
+            relay_addr: relay,
+            ..status(id, participants, 10)
+        };
+        let placed = |nodes: Vec<NodeStatus>, draining: bool| async move {
+            let store = Arc::new(MemoryCluster::default());
+            for n in &nodes {
+                store.heartbeat(n, ttl).await.unwrap();
+            }
+            let here = NodeId::new("here").unwrap();
+            let (directory, _task) = Directory::spawn(store.clone(), here.clone(), ttl);
+            ClusterLink {
+                store,
+                node: here,
+                region: "eu".into(),
+                directory,
+                claim_ttl: ttl,
+                draining: Arc::new(AtomicBool::new(draining)),
+                http_url: "http://here:8080".into(),
+            }
+        };
+        let chosen = |link: ClusterLink, region: Option<&'static str>| async move {
+            link.media_node(|_| 0, region)
+                .await
+                .map(|n| n.id.to_string())
+        };
+        let cluster = vec![
+            node("here", "eu", 5),
+            node("eu-2", "eu", 2),
+            node("us-1", "us", 8),
+        ];
+        // This node while it has room, though another is less loaded: no relay hop.
+        let link = placed(cluster.clone(), false).await;
+        assert_eq!(chosen(link.clone(), None).await, None);
+        assert_eq!(chosen(link.clone(), Some("eu")).await, None);
+        // A participant elsewhere goes to a node of its region.
+        assert_eq!(chosen(link.clone(), Some("us")).await, Some("us-1".into()));
+        // A region without nodes: the least loaded anywhere.
+        assert_eq!(chosen(link, Some("ap")).await, Some("eu-2".into()));
+        // Full here: the least loaded of the region.
+        let mut full = cluster.clone();
+        full[0].participants = 10;
+        assert_eq!(
+            chosen(placed(full.clone(), false).await, None).await,
+            Some("eu-2".into())
+        );
+        // The region full as well: another region rather than nobody.
+        full[1].participants = 10;
+        assert_eq!(
+            chosen(placed(full, false).await, None).await,
+            Some("us-1".into())
+        );
+        // Draining: never here.
+        assert_eq!(
+            chosen(placed(cluster, true).await, None).await,
+            Some("eu-2".into())
+        );
     }
 
     #[test]
