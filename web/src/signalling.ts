@@ -39,8 +39,12 @@ const FIRST_BACKOFF_MS = 500;
 const DEFAULT_GRACE_SECS = 30;
 /** How many `moved` answers one join follows. */
 const MAX_MOVES = 3;
-/** Failed reconnects to the node we were moved to before going back to our origin. */
-const FAILOVER_AFTER_ATTEMPTS = 1;
+/**
+ * Failed reconnects to the node we were moved to before going back to our origin: none. The
+ * origin sends us straight back if that node is alive (our resume still works there), and
+ * finds the meeting elsewhere if it is not.
+ */
+const FAILOVER_AFTER_ATTEMPTS = 0;
 /** Spread of the retries of many clients who lost the same node. */
 const RETRY_JITTER_MS = 250;
 /** Errors that answer `join` and make retrying pointless. */

@@ -61,16 +61,24 @@ impl ClusterLink {
             let Some(url) = url_of(&owner) else {
                 return Ok(None);
             };
-            if !answers(&url).await
-                && self
-                    .store
-                    .hand_over_room(room, &owner, &self.node, self.claim_ttl)
-                    .await?
+            if answers(&url).await {
+                return Ok(Some(url));
+            }
+            if self
+                .store
+                .hand_over_room(room, &owner, &self.node, self.claim_ttl)
+                .await?
             {
                 warn!(room = %room, node = %owner, "the room's node does not answer; taking the room over");
                 return Ok(None);
             }
-            Ok::<_, super::ClusterError>(Some(url))
+            // Someone took it over meanwhile (another participant of the room, arriving here
+            // at the same moment, or another node): whoever holds it now.
+            let owner = self
+                .store
+                .claim_room(room, &self.node, self.claim_ttl)
+                .await?;
+            Ok::<_, super::ClusterError>(url_of(&owner))
         };
         match placement.await {
             Ok(url) => url,
