@@ -82,17 +82,7 @@ impl TokenKeys {
         role: Role,
         ttl: Duration,
     ) -> Result<String, jsonwebtoken::errors::Error> {
-        let now = unix_now();
-        let claims = Claims {
-            room,
-            sub: identity.to_owned(),
-            name: name.to_owned(),
-            role,
-            exp: now + ttl.as_secs(),
-            iat: Some(now),
-            region: None,
-        };
-        self.sign(&claims)
+        self.mint_in_region(room, identity, name, role, ttl, None)
     }
 
     /// A token as [`TokenKeys::mint`] makes, for a participant in `region`.

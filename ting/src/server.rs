@@ -206,11 +206,7 @@ pub async fn start(
             // No new participants while the link closes; the signalling nodes move the ones
             // here to other nodes as soon as the link is gone.
             draining.store(true, std::sync::atomic::Ordering::Relaxed);
-            links.close();
-            let _ = stop_heartbeats.send(true);
-            if let Some(heartbeats) = heartbeats {
-                let _ = heartbeats.await;
-            }
+            leave_cluster(Some(&links), stop_heartbeats, heartbeats).await;
             served?;
             Ok(())
         });
@@ -250,14 +246,7 @@ pub async fn start(
     let heartbeats = membership.map(|m| m.spawn_heartbeats(stopped, directory.clone()));
     let task = tokio::spawn(async move {
         let served = ting_signalling::serve(listener, hub, shutdown).await;
-        // Other nodes learn at once that this one is gone (its participants there rejoin).
-        if let Some(links) = &links {
-            links.close();
-        }
-        let _ = stop_heartbeats.send(true);
-        if let Some(heartbeats) = heartbeats {
-            let _ = heartbeats.await;
-        }
+        leave_cluster(links.as_ref(), stop_heartbeats, heartbeats).await;
         served?;
         Ok(())
     });
@@ -267,6 +256,22 @@ pub async fn start(
         tcp_media_addrs,
         task,
     })
+}
+
+/// After serving: closes the node links (other nodes learn at once that this one is gone, and
+/// move its participants there) and deregisters.
+async fn leave_cluster(
+    links: Option<&NodeLinks>,
+    stop_heartbeats: watch::Sender<bool>,
+    heartbeats: Option<JoinHandle<()>>,
+) {
+    if let Some(links) = links {
+        links.close();
+    }
+    let _ = stop_heartbeats.send(true);
+    if let Some(heartbeats) = heartbeats {
+        let _ = heartbeats.await;
+    }
 }
 
 /// A media node's SFU events all concern participants whose signalling is on other nodes.

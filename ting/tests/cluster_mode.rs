@@ -7,24 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, TestServer};
+use common::{Client, TestServer, redis_url};
 use ting::config::ClusterConfig;
 use ting_protocol::{ClientMessage, NodeId, ParticipantId, Role, RoomId, ServerMessage};
 use ting_signalling::cluster::{ClusterState, NodeStatus, RedisCluster};
 
-fn redis_url() -> String {
-    std::env::var("TING_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
 fn node(prefix: &str, id: &str) -> ClusterConfig {
-    ClusterConfig {
-        redis_url: redis_url(),
-        key_prefix: prefix.into(),
-        node_id: NodeId::new(id).unwrap(),
-        region: "eu-test".into(),
-        capacity: 50,
-        relay_port: 0,
-    }
+    common::cluster_node(prefix, id, 50)
 }
 
 async fn wait_for(

@@ -11,25 +11,14 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::{SECRET, TestServer};
+use common::load::{assert_everyone_gets_the_speakers, speakers};
+use common::{SECRET, TestServer, redis_url};
 use ting::config::ClusterConfig;
 use ting_loadtest::{RunConfig, Scenario};
-use ting_protocol::NodeId;
 use ting_signalling::cluster::{ClusterState, RedisCluster};
 
-fn redis_url() -> String {
-    std::env::var("TING_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
 fn node(prefix: &str, id: &str) -> ClusterConfig {
-    ClusterConfig {
-        redis_url: redis_url(),
-        key_prefix: prefix.into(),
-        node_id: NodeId::new(id).unwrap(),
-        region: "eu-test".into(),
-        capacity: 12,
-        relay_port: 0,
-    }
+    common::cluster_node(prefix, id, 12)
 }
 
 /// The value of a metric line `name{labels} value` in Prometheus text.
@@ -101,24 +90,8 @@ async fn a_meeting_spans_three_nodes_and_everyone_gets_the_speakers() {
         per_node.values().all(|n| *n >= 5 && *n <= 12),
         "the meeting spreads over all three nodes within their capacity: {per_node:?}"
     );
-    let speakers: Vec<u64> = report
-        .participants
-        .iter()
-        .filter(|p| p.video)
-        .filter_map(|p| p.participant_id)
-        .collect();
-    assert_eq!(speakers.len(), 2);
-    for p in &report.participants {
-        for &speaker in speakers.iter().filter(|s| Some(**s) != p.participant_id) {
-            let from = p.sources.iter().find(|s| s.sender == speaker);
-            let (audio, video) = from.map_or((0, 0), |s| (s.audio_frames, s.video_frames));
-            assert!(
-                audio > 0 && video > 0,
-                "{} got {audio} audio and {video} video frames from participant {speaker}\n{summary}",
-                p.identity
-            );
-        }
-    }
+    assert_eq!(speakers(&report).len(), 2);
+    assert_everyone_gets_the_speakers(&report, |_, _| {});
     assert_eq!(report.misrouted_frames, 0, "{summary}");
     assert!(report.loss.video_percent < 5.0, "{summary}");
 
@@ -290,35 +263,20 @@ async fn a_killed_nodes_participants_get_media_again_on_the_others() {
         "media again within 5 s: {:?}\n{summary}",
         report.recovery_ms
     );
-    let speakers: Vec<(u64, String)> = report
-        .participants
-        .iter()
-        .filter(|p| p.video)
-        .filter_map(|p| Some((p.participant_id?, p.identity.clone())))
-        .collect();
-    for p in &report.participants {
-        for (speaker, name) in speakers
-            .iter()
-            .filter(|(s, _)| Some(*s) != p.participant_id)
-        {
-            let from = p.sources.iter().find(|s| s.sender == *speaker);
-            let (audio, video) = from.map_or((0, 0), |s| (s.audio_frames, s.video_frames));
+    // Everyone has both speakers again at the end; those who stayed put saw at most a short
+    // gap.
+    assert_eq!(speakers(&report).len(), 2);
+    assert_everyone_gets_the_speakers(&report, |p, from| {
+        if p.rejoins == 0 {
             assert!(
-                audio > 0 && video > 0,
-                "{} gets {name} again: {audio} audio, {video} video frames\n{summary}",
-                p.identity
+                from.longest_freeze_ms < 1000.0,
+                "{} froze {} ms on participant {}",
+                p.identity,
+                from.longest_freeze_ms,
+                from.sender
             );
-            // Those who stayed put saw at most a short gap.
-            if p.rejoins == 0 {
-                let longest = from.map_or(0.0, |s| s.longest_freeze_ms);
-                assert!(
-                    longest < 1000.0,
-                    "{} froze {longest} ms on {name}",
-                    p.identity
-                );
-            }
         }
-    }
+    });
     drop(nodes);
 }
 

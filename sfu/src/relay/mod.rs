@@ -270,17 +270,7 @@ impl NodeLinks {
             .await
             .map_err(|e| e.to_string())?;
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-        let proof = auth::prove(&self.0.key, &connection, Side::Dialer, &self.0.node)
-            .map_err(|e| e.to_string())?;
-        write_frame(
-            &mut send,
-            &Frame::Hello {
-                node: self.0.node.clone(),
-                proof,
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        self.say_hello(&connection, &mut send, Side::Dialer).await?;
         let hello = read_frame(&mut recv).await.map_err(|e| e.to_string())?;
         let Frame::Hello { node: peer, proof } = hello else {
             return Err("the node did not say hello".into());
@@ -321,19 +311,26 @@ impl NodeLinks {
             connection.close(1u32.into(), b"not authenticated");
             return Err(format!("{peer} did not prove it belongs to this cluster"));
         }
-        let proof = auth::prove(&self.0.key, &connection, Side::Listener, &self.0.node)
-            .map_err(|e| e.to_string())?;
-        write_frame(
-            &mut send,
-            &Frame::Hello {
-                node: self.0.node.clone(),
-                proof,
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        self.say_hello(&connection, &mut send, Side::Listener)
+            .await?;
         self.run(peer, connection, send, recv);
         Ok(())
+    }
+
+    /// Sends this node's `hello` with its proof for `side` of the connection.
+    async fn say_hello(
+        &self,
+        connection: &quinn::Connection,
+        send: &mut quinn::SendStream,
+        side: Side,
+    ) -> Result<(), String> {
+        let proof =
+            auth::prove(&self.0.key, connection, side, &self.0.node).map_err(|e| e.to_string())?;
+        let hello = Frame::Hello {
+            node: self.0.node.clone(),
+            proof,
+        };
+        write_frame(send, &hello).await.map_err(|e| e.to_string())
     }
 
     /// Serves an authenticated link until it ends.

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod load;
 pub mod peer;
 
 use std::net::{IpAddr, SocketAddr};
@@ -21,6 +22,23 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "test-secret-0123456789";
+
+/// The Redis of the cluster tests (the test command starts one if none runs).
+pub fn redis_url() -> String {
+    std::env::var("TING_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A cluster node's configuration for the tests: keys under `prefix`, any free relay port.
+pub fn cluster_node(prefix: &str, id: &str, capacity: u32) -> ting::config::ClusterConfig {
+    ting::config::ClusterConfig {
+        redis_url: redis_url(),
+        key_prefix: prefix.into(),
+        node_id: ting_protocol::NodeId::new(id).unwrap(),
+        region: "eu-test".into(),
+        capacity,
+        relay_port: 0,
+    }
+}
 
 pub struct TestServer {
     pub http: SocketAddr,
