@@ -847,7 +847,21 @@ impl Hub {
 
 impl LinkHandler for Hub {
     fn event(&self, from: &NodeId, event: SfuEvent) {
-        self.on_media_event(&Site::Remote(from.clone()), event);
+        let source = Site::Remote(from.clone());
+        // A node speaks only for the participants whose media it carries.
+        let about = match &event {
+            SfuEvent::Connected { participant }
+            | SfuEvent::Closed { participant }
+            | SfuEvent::LayersWanted { participant, .. } => Some(*participant),
+            SfuEvent::ActiveSpeaker { .. } => None,
+        };
+        if let Some(participant) = about
+            && !self.0.sfu.carries(&source, participant)
+        {
+            debug!(%from, participant = %participant, "event from a node that does not carry the participant");
+            return;
+        }
+        self.on_media_event(&source, event);
     }
 
     /// The node carrying some participants' media is gone: they rejoin (here, and are placed

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use ting_protocol::{NodeId, ParticipantId, RoomId, TrackId, TrackKind};
 use ting_sfu::relay::rpc::MediaCall;
@@ -21,6 +22,18 @@ use tracing::debug;
 pub enum Site {
     Local,
     Remote(NodeId),
+}
+
+/// How long telling one site about a track may take.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Telling `site` that `track`, published on `origin`, is there (or gone).
+struct Declaration {
+    room: RoomId,
+    track: RoomTrack,
+    origin: Site,
+    site: Site,
+    present: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +124,11 @@ impl MediaPlane {
         }
     }
 
+    /// Whether `site` carries the participant's media.
+    pub fn carries(&self, site: &Site, participant: ParticipantId) -> bool {
+        self.site_of(participant).is_ok_and(|s| s == *site)
+    }
+
     /// Participants whose media is on `node`.
     pub fn participants_on(&self, node: &NodeId) -> Vec<ParticipantId> {
         let site = Site::Remote(node.clone());
@@ -157,17 +175,20 @@ impl MediaPlane {
                     .add_peer(room.clone(), participant, options)
                     .await?
             }
-            Site::Remote(_) => self
-                .call(
-                    &site,
-                    MediaCall::AddPeer {
-                        room: room.clone(),
-                        participant,
-                        options,
-                    },
-                )
-                .await
-                .map(|_| ())?,
+            Site::Remote(node) => {
+                let call = MediaCall::AddPeer {
+                    room: room.clone(),
+                    participant,
+                    options,
+                };
+                if let Err(e) = self.call(&site, call).await {
+                    // It may have been created before the answer was lost: undo it.
+                    if let Some(links) = &self.0.links {
+                        links.notify(node, MediaCall::RemovePeer { participant });
+                    }
+                    return Err(e);
+                }
+            }
         }
         let (new_site, tracks) = {
             let mut state = self.state();
@@ -188,14 +209,20 @@ impl MediaPlane {
             (new_site, r.tracks.clone())
         };
         if new_site {
-            for track in tracks {
-                let Some(origin) = self.site_of(track.owner).ok() else {
-                    continue;
-                };
-                if origin != site {
-                    self.declare(&room, &track, &origin, &site, true).await;
-                }
-            }
+            let declarations = tracks
+                .into_iter()
+                .filter_map(|track| {
+                    let origin = self.site_of(track.owner).ok()?;
+                    (origin != site).then(|| Declaration {
+                        room: room.clone(),
+                        track,
+                        origin,
+                        site: site.clone(),
+                        present: true,
+                    })
+                })
+                .collect();
+            self.send_declarations(declarations).await;
         }
         Ok(())
     }
@@ -289,14 +316,38 @@ impl MediaPlane {
                 .collect();
             (room, origin, added, removed, sites)
         };
+        let mut declarations = Vec::new();
         for site in &sites {
-            for track in &removed {
-                self.declare(&room, track, &origin, site, false).await;
-            }
-            for track in &added {
-                self.declare(&room, track, &origin, site, true).await;
+            for (track, present) in removed
+                .iter()
+                .map(|t| (t, false))
+                .chain(added.iter().map(|t| (t, true)))
+            {
+                declarations.push(Declaration {
+                    room: room.clone(),
+                    track: track.clone(),
+                    origin: origin.clone(),
+                    site: site.clone(),
+                    present,
+                });
             }
         }
+        self.send_declarations(declarations).await;
+    }
+
+    /// Tells the sites, all at once: a site that does not answer delays the others by at most
+    /// [`DECLARE_TIMEOUT`].
+    async fn send_declarations(&self, declarations: Vec<Declaration>) {
+        let sends = declarations.into_iter().map(|d| async move {
+            let declared = self.declare(&d.room, &d.track, &d.origin, &d.site, d.present);
+            if tokio::time::timeout(DECLARE_TIMEOUT, declared)
+                .await
+                .is_err()
+            {
+                debug!(track = %d.track.id, site = ?d.site, "declaring a track timed out");
+            }
+        });
+        futures_util::future::join_all(sends).await;
     }
 
     pub async fn offer(
@@ -368,14 +419,11 @@ impl MediaPlane {
         }
     }
 
-    /// Calls that need no answer run in the background for remote sites.
+    /// Calls that need no answer go to remote sites in order, without waiting.
     fn send(&self, site: Site, call: MediaCall) {
-        let plane = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = plane.call(&site, call).await {
-                debug!(?site, "media call: {e}");
-            }
-        });
+        if let (Site::Remote(node), Some(links)) = (&site, &self.0.links) {
+            links.notify(node, call);
+        }
     }
 
     pub fn set_muted(&self, track: TrackId, muted: bool) {
@@ -414,39 +462,79 @@ impl MediaPlane {
         tokio::spawn(async move { plane.set_tracks(participant, &[]).await });
     }
 
-    /// Removes the participant's media, and its tracks from the room's other sites.
+    /// Removes the participant's media, and its tracks from the room's other sites. The
+    /// bookkeeping changes at once (a participant arriving next on a site this one left empty
+    /// finds it new and is told the room's tracks); the other sites are told in the
+    /// background. A site left empty has forgotten the room: it is told to drop the room's
+    /// remote tracks too.
     pub fn remove_peer(&self, participant: ParticipantId) {
-        let Ok(site) = self.site_of(participant) else {
-            // Never placed (or already removed): the local router ignores unknown ids.
-            if let Some(local) = &self.0.local {
-                local.remove_peer(participant);
-            }
-            return;
-        };
-        let plane = self.clone();
-        let departing = site.clone();
-        tokio::spawn(async move {
-            plane.set_tracks(participant, &[]).await;
-            let mut state = plane.state();
-            if let Some((room, _)) = state.participants.remove(&participant)
-                && let Some(r) = state.rooms.get_mut(&room)
-            {
-                if let Some(entry) = r.sites.iter_mut().find(|(s, _)| *s == departing) {
+        let mut declarations = Vec::new();
+        let site = {
+            let mut state = self.state();
+            let Some((room, site)) = state.participants.remove(&participant) else {
+                drop(state);
+                // Never placed (or already removed): the local router ignores unknown ids.
+                if let Some(local) = &self.0.local {
+                    local.remove_peer(participant);
+                }
+                return;
+            };
+            let site_of: HashMap<ParticipantId, Site> = state
+                .participants
+                .iter()
+                .map(|(p, (_, s))| (*p, s.clone()))
+                .collect();
+            if let Some(r) = state.rooms.get_mut(&room) {
+                let (gone, kept): (Vec<RoomTrack>, Vec<RoomTrack>) =
+                    r.tracks.drain(..).partition(|t| t.owner == participant);
+                r.tracks = kept;
+                if let Some(entry) = r.sites.iter_mut().find(|(s, _)| *s == site) {
                     entry.1 = entry.1.saturating_sub(1);
                 }
+                let emptied = r.sites.iter().any(|(s, n)| *s == site && *n == 0);
                 r.sites.retain(|(_, count)| *count > 0);
+                for other in r.sites.iter().map(|(s, _)| s).filter(|s| **s != site) {
+                    for track in &gone {
+                        declarations.push(Declaration {
+                            room: room.clone(),
+                            track: track.clone(),
+                            origin: site.clone(),
+                            site: other.clone(),
+                            present: false,
+                        });
+                    }
+                }
+                if emptied {
+                    for track in &r.tracks {
+                        let Some(origin) = site_of.get(&track.owner) else {
+                            continue;
+                        };
+                        declarations.push(Declaration {
+                            room: room.clone(),
+                            track: track.clone(),
+                            origin: origin.clone(),
+                            site: site.clone(),
+                            present: false,
+                        });
+                    }
+                }
                 if r.sites.is_empty() {
                     state.rooms.remove(&room);
                 }
             }
-        });
-        match site {
+            site
+        };
+        match &site {
             Site::Local => {
                 if let Some(local) = &self.0.local {
                     local.remove_peer(participant);
                 }
             }
-            site => self.send(site, MediaCall::RemovePeer { participant }),
+            remote => self.send(remote.clone(), MediaCall::RemovePeer { participant }),
+        }
+        if !declarations.is_empty() {
+            let plane = self.clone();
+            tokio::spawn(async move { plane.send_declarations(declarations).await });
         }
     }
 }

@@ -162,6 +162,7 @@ pub async fn start(
     let membership = match (&config.cluster, &links) {
         (Some(cluster), Some(links)) => {
             let relay_addr = SocketAddr::new(advertised_ip, links.local_addr()?.port());
+            links.set_advertised(relay_addr);
             let gauge = sfu_metrics.peers.clone();
             let roles = (config.roles.media, config.roles.signalling);
             Some(

@@ -179,6 +179,9 @@ impl Sfu {
                 room.loudest.remove(owner);
             }
         }
+        // A room known here only for remote tracks is gone with its last one.
+        self.rooms
+            .retain(|_, room| !room.members.is_empty() || !room.remote_tracks.is_empty());
         self.report_counts();
     }
 
@@ -372,7 +375,8 @@ impl Sfu {
                 let layers = if track.kind == MediaKind::Audio {
                     vec![None]
                 } else if track.subscribers.is_empty() {
-                    continue;
+                    // No video, but the layers and codecs, so a first receiver starts at once.
+                    Vec::new()
                 } else {
                     let mut layers = track.recently_wanted(now, WANTED_WINDOW);
                     for (subscriber, mid) in &track.subscribers {
@@ -433,6 +437,10 @@ impl RelayBook {
         };
         let last = entry.1;
         if seq_no <= last {
+            // Far behind: the stream started again (a new source); count from here.
+            if last - seq_no > MAX_NACK_GAP {
+                entry.1 = seq_no;
+            }
             return Vec::new();
         }
         entry.1 = seq_no;
@@ -465,6 +473,9 @@ mod tests {
             "a resend fills the gap"
         );
         assert!(book.gap(track, None, 104 + MAX_NACK_GAP + 1).is_empty());
+        // A new start far behind: counted from there, its gaps reported again.
+        assert!(book.gap(track, None, 10).is_empty());
+        assert_eq!(book.gap(track, None, 12), vec![11]);
         // Layers are counted apart.
         assert!(book.gap(track, Some("f".into()), 5).is_empty());
         assert_eq!(book.gap(track, Some("f".into()), 7), vec![6]);

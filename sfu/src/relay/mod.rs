@@ -37,6 +37,12 @@ use wire::{Frame, MAX_FRAME};
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new link may take to connect and authenticate.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A node whose dial failed is not dialed again for relay traffic before this.
+const REDIAL_AFTER: Duration = Duration::from_secs(1);
+/// Handshakes (unauthenticated peers) served at once.
+const MAX_HANDSHAKES: usize = 32;
+/// A `hello` is a node id and a proof: anything longer is not one.
+const MAX_HELLO: usize = 1024;
 
 /// What a signalling node does with what other nodes' SFUs tell it.
 pub trait LinkHandler: Send + Sync + 'static {
@@ -69,6 +75,12 @@ struct Inner {
     state: Mutex<State>,
     next_call: AtomicU64,
     runtime: tokio::runtime::Handle,
+    /// Where other nodes reach this one (the bound address may be 0.0.0.0).
+    advertised: OnceLock<SocketAddr>,
+    /// Random per start: a peer that says hello with another one has restarted.
+    incarnation: u64,
+    /// Handshakes in progress: unauthenticated peers cannot make this node do more at once.
+    handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Default)]
@@ -76,6 +88,9 @@ struct State {
     links: HashMap<NodeId, Link>,
     addresses: HashMap<NodeId, SocketAddr>,
     dialing: Vec<NodeId>,
+    /// When a dial last failed, per node: relay traffic for a dead node does not redial it in
+    /// a loop.
+    dial_failed: HashMap<NodeId, Instant>,
     calls: HashMap<u64, (NodeId, oneshot::Sender<Result<MediaReply, String>>)>,
     /// Participants whose signalling is on another node, and that node: their SFU events go
     /// there.
@@ -87,6 +102,10 @@ struct State {
 #[derive(Clone)]
 struct Link {
     connection: quinn::Connection,
+    /// Whether this node dialed it (when both dial at once, the lower id's dial is kept).
+    dialed: bool,
+    /// The peer's incarnation (see `Inner::incarnation`).
+    incarnation: u64,
     frames: mpsc::UnboundedSender<Frame>,
     out_packets: IntCounter,
     out_bytes: IntCounter,
@@ -114,6 +133,9 @@ impl NodeLinks {
             state: Mutex::default(),
             next_call: AtomicU64::new(1),
             runtime: tokio::runtime::Handle::current(),
+            advertised: OnceLock::new(),
+            incarnation: rand::random(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
         }));
         if let Some(router) = &router {
             router.set_relay(Arc::new(links.clone()));
@@ -137,15 +159,20 @@ impl NodeLinks {
 
     /// Remembers where `node` takes links (from the cluster's registry).
     pub fn learn(&self, node: &NodeId, addr: SocketAddr) {
-        if *node != self.0.node {
+        if *node != self.0.node && !addr.ip().is_unspecified() {
             self.state().addresses.insert(node.clone(), addr);
         }
     }
 
-    /// Where `node` takes links: this node's own address, or one learnt.
+    /// The address this node publishes for its links (the bound one may be 0.0.0.0).
+    pub fn set_advertised(&self, addr: SocketAddr) {
+        let _ = self.0.advertised.set(addr);
+    }
+
+    /// Where `node` takes links: this node's advertised address, or one learnt.
     pub fn address_of(&self, node: &NodeId) -> Option<SocketAddr> {
         if *node == self.0.node {
-            return self.local_addr().ok();
+            return self.0.advertised.get().copied().or(self.local_addr().ok());
         }
         self.state().addresses.get(node).copied()
     }
@@ -184,6 +211,17 @@ impl NodeLinks {
                 Err(unavailable())
             }
             _ => Err(unavailable()),
+        }
+    }
+
+    /// Sends a call whose answer nobody waits for, in order after the calls before it on the
+    /// same link (a mute and an unmute arrive as sent). Dropped when there is no link.
+    pub fn notify(&self, node: &NodeId, call: MediaCall) {
+        match self.state().links.get(node) {
+            Some(link) => {
+                let _ = link.frames.send(Frame::Call { id: 0, call });
+            }
+            None => debug!(%node, "no link for a media call"),
         }
     }
 
@@ -236,11 +274,17 @@ impl NodeLinks {
             };
             if let Some(addr) = dial {
                 let result = tokio::time::timeout(CONNECT_TIMEOUT, self.dial(node, addr)).await;
-                self.state().dialing.retain(|n| n != node);
+                let mut state = self.state();
+                state.dialing.retain(|n| n != node);
+                if matches!(result, Ok(Ok(()))) {
+                    state.dial_failed.remove(node);
+                    continue;
+                }
+                state.dial_failed.insert(node.clone(), Instant::now());
+                drop(state);
                 match result {
-                    Ok(Ok(())) => continue,
                     Ok(Err(e)) => warn!(%node, %addr, "node link failed: {e}"),
-                    Err(_) => warn!(%node, %addr, "node link timed out"),
+                    _ => warn!(%node, %addr, "node link timed out"),
                 }
                 return None;
             }
@@ -252,8 +296,19 @@ impl NodeLinks {
         }
     }
 
-    /// Starts a link to `node` in the background (for relay traffic, which never waits).
+    /// Starts a link to `node` in the background (for relay traffic, which never waits),
+    /// unless one is being dialed or the last attempt failed within [`REDIAL_AFTER`].
     fn dial_soon(&self, node: &NodeId) {
+        {
+            let state = self.state();
+            let recently_failed = state
+                .dial_failed
+                .get(node)
+                .is_some_and(|at| at.elapsed() < REDIAL_AFTER);
+            if state.dialing.contains(node) || recently_failed {
+                return;
+            }
+        }
         let links = self.clone();
         let node = node.clone();
         self.0.runtime.spawn(async move {
@@ -271,8 +326,15 @@ impl NodeLinks {
             .map_err(|e| e.to_string())?;
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
         self.say_hello(&connection, &mut send, Side::Dialer).await?;
-        let hello = read_frame(&mut recv).await.map_err(|e| e.to_string())?;
-        let Frame::Hello { node: peer, proof } = hello else {
+        let hello = read_frame(&mut recv, MAX_HELLO)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Frame::Hello {
+            node: peer,
+            proof,
+            incarnation,
+        } = hello
+        else {
             return Err("the node did not say hello".into());
         };
         if peer != *node || !auth::verify(&self.0.key, &connection, Side::Listener, &peer, &proof) {
@@ -281,14 +343,20 @@ impl NodeLinks {
                 "{addr} did not prove to be node {node} of this cluster"
             ));
         }
-        self.run(peer, connection, send, recv);
+        self.run(peer, incarnation, true, connection, send, recv);
         Ok(())
     }
 
     async fn accept_loop(self) {
         while let Some(incoming) = self.0.endpoint.accept().await {
             let links = self.clone();
+            // At most MAX_HANDSHAKES unauthenticated peers are served at once.
+            let Ok(permit) = links.0.handshakes.clone().try_acquire_owned() else {
+                incoming.refuse();
+                continue;
+            };
             tokio::spawn(async move {
+                let _permit = permit;
                 let remote = incoming.remote_address();
                 match tokio::time::timeout(CONNECT_TIMEOUT, links.accept(incoming)).await {
                     Ok(Ok(())) => {}
@@ -302,8 +370,15 @@ impl NodeLinks {
     async fn accept(&self, incoming: quinn::Incoming) -> Result<(), String> {
         let connection = incoming.await.map_err(|e| e.to_string())?;
         let (mut send, mut recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
-        let hello = read_frame(&mut recv).await.map_err(|e| e.to_string())?;
-        let Frame::Hello { node: peer, proof } = hello else {
+        let hello = read_frame(&mut recv, MAX_HELLO)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Frame::Hello {
+            node: peer,
+            proof,
+            incarnation,
+        } = hello
+        else {
             connection.close(1u32.into(), b"hello first");
             return Err("the first frame was not hello".into());
         };
@@ -313,7 +388,7 @@ impl NodeLinks {
         }
         self.say_hello(&connection, &mut send, Side::Listener)
             .await?;
-        self.run(peer, connection, send, recv);
+        self.run(peer, incarnation, false, connection, send, recv);
         Ok(())
     }
 
@@ -329,18 +404,33 @@ impl NodeLinks {
         let hello = Frame::Hello {
             node: self.0.node.clone(),
             proof,
+            incarnation: self.0.incarnation,
         };
         write_frame(send, &hello).await.map_err(|e| e.to_string())
     }
 
-    /// Serves an authenticated link until it ends.
+    /// Serves an authenticated link until it ends. When both nodes dialed at once, the link
+    /// the lower node id dialed is kept and the other closed (both sides choose the same);
+    /// a peer with a new incarnation restarted, and what it carried is lost.
     fn run(
         &self,
         peer: NodeId,
+        incarnation: u64,
+        dialed: bool,
         connection: quinn::Connection,
         mut send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) {
+        let i_am_lower = self.0.node < peer;
+        let previous = self.state().links.get(&peer).cloned();
+        if let Some(old) = &previous {
+            let old_alive = old.connection.close_reason().is_none();
+            let keep_old = old_alive && old.incarnation == incarnation && old.dialed == i_am_lower;
+            if keep_old {
+                connection.close(0u32.into(), b"duplicate link");
+                return;
+            }
+        }
         info!(node = %peer, remote = %connection.remote_address(), "node link up");
         let (frames, mut outgoing) = mpsc::unbounded_channel::<Frame>();
         let label = |direction: &str, counter: &prometheus::IntCounterVec| {
@@ -349,11 +439,20 @@ impl NodeLinks {
         let metrics = &self.0.metrics;
         let link = Link {
             connection: connection.clone(),
+            dialed,
+            incarnation,
             frames,
             out_packets: label("out", &metrics.relay_packets),
             out_bytes: label("out", &metrics.relay_bytes),
         };
         self.state().links.insert(peer.clone(), link);
+        if let Some(old) = previous {
+            old.connection.close(0u32.into(), b"replaced");
+            if old.incarnation != incarnation {
+                // The peer restarted: the participants it carried for us are gone.
+                self.forget_peer(&peer);
+            }
+        }
         tokio::spawn(async move {
             while let Some(frame) = outgoing.recv().await {
                 if write_frame(&mut send, &frame).await.is_err() {
@@ -369,7 +468,16 @@ impl NodeLinks {
             self.clone()
                 .read_datagrams(peer.clone(), connection.clone(), in_counters),
         );
-        tokio::spawn(self.clone().read_frames(peer, connection, recv));
+        // Calls are served one after the other, in the order they came.
+        let (calls, mut queued) = mpsc::unbounded_channel::<(u64, MediaCall)>();
+        let links = self.clone();
+        let from = peer.clone();
+        tokio::spawn(async move {
+            while let Some((id, call)) = queued.recv().await {
+                links.serve_call(&from, id, call).await;
+            }
+        });
+        tokio::spawn(self.clone().read_frames(peer, connection, recv, calls));
     }
 
     async fn read_datagrams(
@@ -400,9 +508,10 @@ impl NodeLinks {
         peer: NodeId,
         connection: quinn::Connection,
         mut recv: quinn::RecvStream,
+        calls: mpsc::UnboundedSender<(u64, MediaCall)>,
     ) {
         loop {
-            let frame = match read_frame(&mut recv).await {
+            let frame = match read_frame(&mut recv, MAX_FRAME).await {
                 Ok(frame) => frame,
                 Err(e) => {
                     debug!(node = %peer, "node link closed: {e}");
@@ -417,9 +526,7 @@ impl NodeLinks {
                     }
                 }
                 Frame::Call { id, call } => {
-                    let links = self.clone();
-                    let peer = peer.clone();
-                    tokio::spawn(async move { links.serve_call(&peer, id, call).await });
+                    let _ = calls.send((id, call));
                 }
                 Frame::Reply { id, reply } => {
                     if let Some((_, waiter)) = self.state().calls.remove(&id) {
@@ -437,26 +544,22 @@ impl NodeLinks {
         self.lost(&peer, &connection);
     }
 
+    /// Serves a call from `from`; `id` 0 wants no reply.
     async fn serve_call(&self, from: &NodeId, id: u64, call: MediaCall) {
-        match &call {
+        let added = match &call {
             MediaCall::AddPeer {
                 room, participant, ..
-            } => {
-                let mut state = self.state();
-                state.controllers.insert(*participant, from.clone());
-                state
-                    .room_controllers
-                    .entry(room.clone())
-                    .or_insert_with(|| (from.clone(), 0))
-                    .1 += 1;
-            }
+            } => Some((room.clone(), *participant)),
             MediaCall::AddRemoteTrack {
                 origin,
                 origin_addr,
                 ..
-            } => self.learn(origin, *origin_addr),
-            _ => {}
-        }
+            } => {
+                self.learn(origin, *origin_addr);
+                None
+            }
+            _ => None,
+        };
         let removed = match &call {
             MediaCall::RemovePeer { participant } => Some(*participant),
             _ => None,
@@ -467,11 +570,24 @@ impl NodeLinks {
                 error: crate::SfuError::Unavailable,
             },
         };
+        if let (Some((room, participant)), MediaReply::Done) = (added, &reply) {
+            // Its SFU events go to `from` from now on.
+            let mut state = self.state();
+            state.controllers.insert(participant, from.clone());
+            state
+                .room_controllers
+                .entry(room)
+                .or_insert_with(|| (from.clone(), 0))
+                .1 += 1;
+        }
         if let Some(participant) = removed {
             let mut state = self.state();
             if let Some(node) = state.controllers.remove(&participant) {
                 release_room(&mut state, &node);
             }
+        }
+        if id == 0 {
+            return;
         }
         if let Some(link) = self.state().links.get(from) {
             let _ = link.frames.send(Frame::Reply {
@@ -484,7 +600,7 @@ impl NodeLinks {
     /// A link ended: forget it (unless a newer one replaced it), fail its pending calls, and
     /// tell the handler when no link to the node is left.
     fn lost(&self, peer: &NodeId, connection: &quinn::Connection) {
-        let gone = {
+        let current = {
             let mut state = self.state();
             let current = state
                 .links
@@ -492,28 +608,35 @@ impl NodeLinks {
                 .is_some_and(|l| l.connection.stable_id() == connection.stable_id());
             if current {
                 state.links.remove(peer);
-                state.calls.retain(|_, (node, _)| node != peer);
-                // Participants whose signalling was on that node are its to clean up; it is
-                // gone, so their media goes too.
-                let orphans: Vec<ParticipantId> = state
-                    .controllers
-                    .iter()
-                    .filter(|(_, n)| *n == peer)
-                    .map(|(p, _)| *p)
-                    .collect();
-                for participant in &orphans {
-                    state.controllers.remove(participant);
-                }
-                state.room_controllers.retain(|_, (n, _)| n != peer);
-                Some(orphans)
-            } else {
-                None
             }
+            current
         };
-        let Some(orphans) = gone else {
-            return;
+        if current {
+            warn!(node = %peer, "node link lost");
+            self.forget_peer(peer);
+        }
+    }
+
+    /// What ties this node to `peer` ends: its pending calls fail, the media of participants
+    /// it controlled here goes, and the handler hears that the peer's own is gone.
+    fn forget_peer(&self, peer: &NodeId) {
+        let orphans = {
+            let mut state = self.state();
+            state.calls.retain(|_, (node, _)| node != peer);
+            // Participants whose signalling was on that node are its to clean up; it is gone,
+            // so their media goes too.
+            let orphans: Vec<ParticipantId> = state
+                .controllers
+                .iter()
+                .filter(|(_, n)| *n == peer)
+                .map(|(p, _)| *p)
+                .collect();
+            for participant in &orphans {
+                state.controllers.remove(participant);
+            }
+            state.room_controllers.retain(|_, (n, _)| n != peer);
+            orphans
         };
-        warn!(node = %peer, "node link lost");
         if let Some(router) = &self.0.router {
             for participant in orphans {
                 router.remove_peer(participant);
@@ -571,9 +694,10 @@ async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> std::io::Re
         .map_err(std::io::Error::other)
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream) -> std::io::Result<Frame> {
+/// The next control frame, if it is at most `max` bytes long.
+async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> std::io::Result<Frame> {
     let length = recv.read_u32().await? as usize;
-    if length > MAX_FRAME {
+    if length > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("control frame of {length} bytes"),

@@ -45,10 +45,11 @@ pub enum WireError {
 #[serde(tag = "frame", rename_all = "snake_case")]
 pub enum Frame {
     /// The first frame each way: who is speaking, and proof that it holds the cluster secret,
-    /// bound to this TLS session.
+    /// bound to this TLS session; `incarnation` changes when the node restarts.
     Hello {
         node: NodeId,
         proof: String,
+        incarnation: u64,
     },
     Relay {
         control: RelayControl,
