@@ -131,6 +131,37 @@ async fn nodes_with_the_cluster_secret_drive_each_others_media() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_restarted_is_reported_lost_even_before_its_old_link_times_out() {
+    let secret = b"the cluster secret, 32 bytes ok.";
+    let (a, a_events) = start("node-a", secret);
+    let (b, _) = start("node-b", secret);
+    let b_id = b.node().clone();
+    a.learn(&b_id, addr(&b));
+    assert_eq!(a.call(&b_id, add_peer(1)).await.unwrap(), None);
+    // node-b comes back as a new process (same id, new port) and links up with a, while the
+    // old process's link still looks alive.
+    let (b_again, _) = start("node-b", secret);
+    b_again.learn(a.node(), addr(&a));
+    assert_eq!(b_again.call(a.node(), add_peer(2)).await.unwrap(), None);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while a_events.lost.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        a_events.lost.lock().unwrap()[0],
+        b_id,
+        "what the old node-b carried is gone"
+    );
+    // a talks to the new node-b from now on.
+    a.learn(&b_id, addr(&b_again));
+    assert_eq!(a.call(&b_id, add_peer(3)).await.unwrap(), None);
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_the_secret_gets_nothing_and_garbage_harms_nobody() {
     let (a, _) = start("node-a", b"the cluster secret, 32 bytes ok.");
     let (b, _) = start("node-b", b"the cluster secret, 32 bytes ok.");

@@ -186,17 +186,22 @@ impl ClusterLink {
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Whether the node at `http_url` accepts connections (a crashed node refuses them at once, a
-/// dead host times out).
+/// dead host times out). Two tries: one lost SYN must not make a live node's room move.
 async fn answers(http_url: &str) -> bool {
     let authority = http_url
         .split_once("://")
         .map_or(http_url, |(_, rest)| rest)
         .trim_end_matches('/');
-    let connect = tokio::net::TcpStream::connect(authority);
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, connect).await,
-        Ok(Ok(_))
-    )
+    for _ in 0..2 {
+        let connect = tokio::net::TcpStream::connect(authority);
+        if matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, connect).await,
+            Ok(Ok(_))
+        ) {
+            return true;
+        }
+    }
+    false
 }
 
 /// `http(s)://host:port` → `ws(s)://host:port/ws`.
