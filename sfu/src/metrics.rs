@@ -42,7 +42,7 @@ pub struct SfuMetrics {
     pub relay_bytes: IntCounterVec,
     /// Relayed packets asked for again after loss between nodes.
     pub relay_nacks: IntCounter,
-    /// Relayed packets that could not be sent (no link to the node yet, too large).
+    /// Relayed packets dropped: no link to the node yet, too large, or the shard behind.
     pub relay_dropped: IntCounter,
     /// From a packet's arrival at its origin node to its arrival in the far node's shard.
     pub relay_hop_seconds: Histogram,
@@ -117,7 +117,7 @@ impl SfuMetrics {
             )?,
             relay_dropped: IntCounter::new(
                 "ting_relay_dropped_total",
-                "Relayed packets not sent: no link to the node, or too large",
+                "Relayed packets dropped: no link to the node, too large, or the shard's queue full",
             )?,
             relay_hop_seconds: Histogram::with_opts(
                 HistogramOpts::new(

@@ -491,8 +491,10 @@ impl NodeLinks {
             bytes.inc_by(datagram.len() as u64);
             match wire::decode_media(&datagram, Instant::now()) {
                 Ok(media) => {
-                    if let Some(router) = &self.0.router {
-                        router.relay_media(peer.clone(), media);
+                    if let Some(router) = &self.0.router
+                        && !router.relay_media(peer.clone(), media)
+                    {
+                        self.0.metrics.relay_dropped.inc();
                     }
                 }
                 Err(e) => {

@@ -16,7 +16,6 @@ use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use prometheus::Histogram;
 use str0m::net::Protocol;
 use ting_protocol::{NodeId, ParticipantId, RoomId, TrackId, TrackKind};
 use tokio::io::ReadBuf;
@@ -80,10 +79,6 @@ enum Command {
         origin: NodeId,
     },
     RemoveRemoteTrack(TrackId),
-    RelayMedia {
-        from: NodeId,
-        media: RelayMedia,
-    },
     RelayControl {
         from: NodeId,
         control: RelayControl,
@@ -104,10 +99,15 @@ pub enum ShardError {
     Stopped,
 }
 
+/// Relayed packets queued for a shard at most; beyond, they are dropped (and counted): a
+/// shard that cannot keep up must not queue media without bound.
+const RELAY_QUEUE: usize = 4096;
+
 /// Cheap, cloneable access to a running shard from async code.
 #[derive(Clone)]
 pub struct SfuHandle {
     commands: mpsc::UnboundedSender<Command>,
+    relayed: mpsc::Sender<(NodeId, RelayMedia)>,
 }
 
 impl SfuHandle {
@@ -232,8 +232,9 @@ impl SfuHandle {
         let _ = self.commands.send(Command::RemoveRemoteTrack(track));
     }
 
-    pub fn relay_media(&self, from: NodeId, media: RelayMedia) {
-        let _ = self.commands.send(Command::RelayMedia { from, media });
+    /// Queues a relayed packet; `false` when the shard's queue is full (the packet is dropped).
+    pub fn relay_media(&self, from: NodeId, media: RelayMedia) -> bool {
+        self.relayed.try_send((from, media)).is_ok()
     }
 
     pub fn relay_control(&self, from: NodeId, control: RelayControl) {
@@ -264,6 +265,7 @@ pub fn spawn_shard(
     index: usize,
 ) -> io::Result<Shard> {
     let (commands_tx, commands) = mpsc::unbounded_channel();
+    let (relayed_tx, relayed) = mpsc::channel(RELAY_QUEUE);
     let (events_tx, events) = mpsc::unbounded_channel();
     for socket in &sockets.udp {
         socket.set_nonblocking(true)?;
@@ -304,7 +306,12 @@ pub fn spawn_shard(
                             Err(e) => warn!("ICE-TCP listener unusable: {e}"),
                         }
                     }
-                    run(sockets, tcp_rx, config, metrics, commands, events_tx).await;
+                    let inputs = Inputs {
+                        commands,
+                        relayed,
+                        tcp: tcp_rx,
+                    };
+                    run(sockets, inputs, config, metrics, events_tx).await;
                 }
                 .instrument(span),
             );
@@ -312,20 +319,32 @@ pub fn spawn_shard(
     Ok(Shard {
         handle: SfuHandle {
             commands: commands_tx,
+            relayed: relayed_tx,
         },
         events,
         thread,
     })
 }
 
+/// What a shard takes besides its sockets' datagrams.
+struct Inputs {
+    commands: mpsc::UnboundedReceiver<Command>,
+    relayed: mpsc::Receiver<(NodeId, RelayMedia)>,
+    tcp: mpsc::Receiver<tcp::TcpEvent>,
+}
+
 async fn run(
     sockets: Vec<UdpSocket>,
-    mut tcp_events: mpsc::Receiver<tcp::TcpEvent>,
+    inputs: Inputs,
     config: SfuConfig,
     metrics: SfuMetrics,
-    mut commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<SfuEvent>,
 ) {
+    let Inputs {
+        mut commands,
+        mut relayed,
+        tcp: mut tcp_events,
+    } = inputs;
     let locals: Vec<SocketAddr> = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
     let loop_seconds = metrics.loop_seconds.clone();
     let send_dropped = metrics.send_dropped.clone();
@@ -352,7 +371,7 @@ async fn run(
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::SetRelay(sink)) => relay = Some(sink),
-                Some(command) => apply(&mut sfu, command, &relay_hop),
+                Some(command) => apply(&mut sfu, command),
                 None => break,
             },
             received = recv_any(&sockets, &mut buf) => {
@@ -373,6 +392,19 @@ async fn run(
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                             other => next = Some(other),
                         }
+                    }
+                }
+            },
+            Some((from, media)) = relayed.recv() => {
+                let mut next = Some((from, media));
+                let mut reads = 0;
+                while let Some((from, media)) = next.take() {
+                    let now = Instant::now();
+                    relay_hop.observe(now.saturating_duration_since(media.arrival).as_secs_f64());
+                    sfu.handle_relay_media(now, &from, media);
+                    reads += 1;
+                    if reads < MAX_READS_PER_WAKE {
+                        next = relayed.try_recv().ok();
                     }
                 }
             },
@@ -444,7 +476,7 @@ fn drain(
     }
 }
 
-fn apply(sfu: &mut Sfu, command: Command, relay_hop: &Histogram) {
+fn apply(sfu: &mut Sfu, command: Command) {
     let now = Instant::now();
     match command {
         Command::AddPeer {
@@ -501,10 +533,6 @@ fn apply(sfu: &mut Sfu, command: Command, relay_hop: &Histogram) {
             origin,
         } => sfu.add_remote_track(now, room, track, owner, kind, origin),
         Command::RemoveRemoteTrack(track) => sfu.remove_remote_track(track),
-        Command::RelayMedia { from, media } => {
-            relay_hop.observe(now.saturating_duration_since(media.arrival).as_secs_f64());
-            sfu.handle_relay_media(now, &from, media);
-        }
         Command::RelayControl { from, control } => {
             sfu.handle_relay_control(now, from, control);
         }

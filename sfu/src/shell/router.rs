@@ -175,10 +175,12 @@ impl ShardRouter {
     }
 
     /// A relayed packet, for the shard of its track's room; dropped for unknown tracks.
-    pub fn relay_media(&self, from: NodeId, media: RelayMedia) {
+    /// `false` when its shard's queue was full and the packet was dropped.
+    pub fn relay_media(&self, from: NodeId, media: RelayMedia) -> bool {
         let index = self.remote_tracks().get(&media.track).copied();
-        if let Some(shard) = index.and_then(|i| self.shards.get(i)) {
-            shard.relay_media(from, media);
+        match index.and_then(|i| self.shards.get(i)) {
+            Some(shard) => shard.relay_media(from, media),
+            None => true,
         }
     }
 
