@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// http://127.0.0.1:8080, or ws://127.0.0.1:8188 with --target janus).
     #[arg(long)]
     pub server: Option<String>,
+    /// Another node of the same cluster to rejoin through when the server is gone
+    /// (repeatable; tried in order).
+    #[arg(long = "fallback-server")]
+    pub fallback_servers: Vec<String>,
     /// The server's token secret. Default: read DATA_DIR/token-secret, as `ting token` does.
     #[arg(long, env = "TING_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
@@ -160,6 +164,7 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         progress: !args.quiet,
         join_timeout: Duration::from_secs(args.join_timeout),
         server_pid: args.server_pid,
+        fallback_servers: args.fallback_servers.clone(),
         ..RunConfig::new(scenario.clone(), server, secret)
     };
     eprintln!(

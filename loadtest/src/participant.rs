@@ -51,6 +51,8 @@ const OFFER_ERRORS: [&str; 5] = [
 pub struct Shared {
     pub clock: RunClock,
     pub server: ServerUrl,
+    /// WebSocket URLs of other nodes to rejoin through when `server` is gone too.
+    pub fallbacks: Vec<String>,
     pub local_ip: IpAddr,
     /// When everybody leaves; measurements end here.
     pub leave_at: Instant,
@@ -162,8 +164,11 @@ pub async fn run(plan: ParticipantPlan, token: String, shared: Arc<Shared>) -> O
         let deadline = (session_start + shared.join_timeout).min(shared.hard_stop);
         let again = async {
             let mut last = None;
-            // The first try goes where we were sent; later ones to where we began.
-            for target in [url.as_str(), origin.as_str(), origin.as_str()] {
+            // The first try goes where we were sent; then where we began, then the other nodes.
+            let mut targets: Vec<&str> = vec![url.as_str(), origin.as_str()];
+            targets.extend(shared.fallbacks.iter().map(String::as_str));
+            targets.dedup();
+            for target in targets {
                 match join(&plan, token.clone(), target).await {
                     Ok(j) => return Ok(j),
                     Err(e) => last = Some(e),
@@ -405,7 +410,14 @@ impl Session {
                     self.peer.receive(len, from, Instant::now())?;
                 }
                 message = self.signal.recv() => {
-                    let message = message?;
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(e) => {
+                            // Reset rather than closed (a node that died): rejoin as well.
+                            self.rejoin_to = Some(self.shared.server.ws.clone());
+                            return Err(e);
+                        }
+                    };
                     self.on_signal(message).await?;
                 }
                 () = &mut sleep => self.on_timer(Instant::now()).await?,

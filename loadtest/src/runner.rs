@@ -72,6 +72,9 @@ pub struct RunConfig {
     pub join_timeout: Duration,
     /// The server's process id, when it runs on this machine: its CPU use goes in the report.
     pub server_pid: Option<u32>,
+    /// Other nodes of the same cluster (`http://host:port`): a participant whose node is gone
+    /// rejoins through them when `server` does not answer either.
+    pub fallback_servers: Vec<String>,
 }
 
 impl RunConfig {
@@ -86,6 +89,7 @@ impl RunConfig {
             progress: false,
             join_timeout: Duration::from_secs(15),
             server_pid: None,
+            fallback_servers: Vec::new(),
         }
     }
 }
@@ -126,6 +130,11 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
         Target::Janus => vec![String::new(); plans.len()],
     };
 
+    let fallbacks = config
+        .fallback_servers
+        .iter()
+        .map(|s| ServerUrl::parse(s).map(|u| u.ws))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let base = Instant::now() + STARTUP;
     let leave_at = base + ramp + hold;
     let hard_stop = leave_at + LEAVE_GRACE;
@@ -133,6 +142,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
     let shared = Arc::new(Shared {
         clock: RunClock::new(base),
         server: server.clone(),
+        fallbacks,
         local_ip: config.local_ip,
         leave_at,
         hard_stop,

@@ -326,3 +326,59 @@ async fn a_signalling_node_puts_everyone_on_media_nodes() {
     assert_eq!(report.missing_streams, 0, "{summary}");
     drop(media);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_room_nodes_meeting_re_forms_on_the_others() {
+    let prefix = format!("ting-test:room-failover:{:x}", rand::random::<u64>());
+    let store = RedisCluster::connect(&redis_url(), &prefix).await.unwrap();
+    let mut nodes = vec![
+        NodeProcess::start(&prefix, "node-1").await,
+        NodeProcess::start(&prefix, "node-2").await,
+        NodeProcess::start(&prefix, "node-3").await,
+    ];
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtest/scenarios/cluster-30.toml");
+    let mut scenario = Scenario::load(&file).unwrap();
+    scenario.duration_secs = 14.0;
+    // Everyone comes in through node-1, which takes the room; when it is gone they come back
+    // through the others (as through a load balancer).
+    let config = RunConfig {
+        fallback_servers: vec![
+            format!("http://{}", nodes[1].http),
+            format!("http://{}", nodes[2].http),
+        ],
+        ..RunConfig::new(
+            scenario,
+            format!("http://{}", nodes[0].http),
+            SECRET.as_bytes().to_vec(),
+        )
+    };
+    let run = tokio::task::spawn_blocking(move || ting_loadtest::run(&config).unwrap());
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let mut room_node = nodes.remove(0);
+    room_node.child.kill().unwrap();
+    let report = run.await.unwrap();
+    let summary = report.summary();
+    println!("{summary}");
+    let live: Vec<String> = store
+        .live_nodes()
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.id.to_string())
+        .collect();
+    assert_eq!(live, ["node-2", "node-3"]);
+
+    assert_eq!(report.failed, 0, "{summary}{:?}", report.errors);
+    assert_eq!(
+        report.rejoined, 30,
+        "everyone's signalling was there\n{summary}"
+    );
+    assert!(
+        report.recovery_ms.count == 30 && report.recovery_ms.max < 5000.0,
+        "media again within 5 s: {:?}\n{summary}",
+        report.recovery_ms
+    );
+    assert_eq!(speakers(&report).len(), 2);
+    assert_everyone_gets_the_speakers(&report, |_, _| {});
+    drop(nodes);
+}

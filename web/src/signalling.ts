@@ -47,6 +47,8 @@ const MAX_MOVES = 3;
 const FAILOVER_AFTER_ATTEMPTS = 0;
 /** Spread of the retries of many clients who lost the same node. */
 const RETRY_JITTER_MS = 250;
+/** Delay before going back to the origin: it answers at once whatever became of the node. */
+const FAILOVER_BACKOFF_MS = 100;
 /** Errors that answer `join` and make retrying pointless. */
 const FATAL_JOIN_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'invalid_token',
@@ -252,7 +254,7 @@ export class Signalling {
     // expires) and sends us on. Only retries of the origin itself back off further.
     if (this.attempt > FAILOVER_AFTER_ATTEMPTS && this.url !== this.origin) {
       this.url = this.origin;
-      backoff = FIRST_BACKOFF_MS;
+      backoff = FAILOVER_BACKOFF_MS;
     }
     const delay = Math.min(backoff + Math.random() * RETRY_JITTER_MS, left);
     // A drop is not a redirect loop: count `moved` afresh.
