@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use prometheus::Registry;
 use ting_sfu::{NodeLinks, SfuConfig, SfuMetrics, ShardRouter, ShardSockets, spawn_shard};
-use ting_signalling::cluster::{ClusterLink, ClusterState, Directory};
+use ting_signalling::cluster::{ClusterLink, ClusterState, Directory, RecentNodes};
 use ting_signalling::{Hub, MediaPlane, SignallingConfig, TokenKeys};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -192,6 +192,7 @@ pub async fn start(
                 claim_ttl: HEARTBEAT_TTL,
                 draining: draining.clone(),
                 http_url: format!("http://{advertised}"),
+                recent_nodes: RecentNodes::default(),
             })
         }
         _ => None,

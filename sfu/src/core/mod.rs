@@ -1195,7 +1195,7 @@ impl Sfu {
         {
             return;
         }
-        if let Some(origin) = &track.origin {
+        if let Some(origin) = track.origin_node() {
             self.out.push_back(SfuOutput::Relay {
                 node: origin.clone(),
                 message: RelayMessage::Control(RelayControl::Keyframe {

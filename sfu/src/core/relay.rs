@@ -8,7 +8,7 @@
 //! between nodes are asked for again (`Nack`) from the origin's short cache, so receivers'
 //! own NACKs are answered by the node they are connected to.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,7 +112,8 @@ pub struct RelayLease {
 #[derive(Debug, Default)]
 pub struct RelayBook {
     cache: VecDeque<RelayMedia>,
-    last_seq: Vec<((TrackId, LayerKey), u64)>,
+    /// Looked up for every relayed packet.
+    last_seq: HashMap<(TrackId, LayerKey), u64>,
 }
 
 impl RelayMedia {
@@ -152,7 +153,7 @@ impl Sfu {
             return;
         }
         let mut track = Track::new(owner, Mid::from("relay"), media_kind(kind), false, now);
-        track.origin = Some(origin);
+        track.origin = Some((origin, room.clone()));
         self.tracks.insert(track_id, track);
         self.rooms
             .entry(room)
@@ -167,21 +168,20 @@ impl Sfu {
         let Some(track) = self.tracks.get(&track_id) else {
             return;
         };
-        let Some(_) = track.origin else {
+        let Some((_, room_id)) = track.origin.clone() else {
             return;
         };
         let owner = track.owner;
         self.unpublish(owner, Mid::from("relay"), track_id);
-        for room in self.rooms.values_mut() {
-            if room.remote_tracks.contains(&track_id) {
-                room.remote_tracks.retain(|t| *t != track_id);
-                room.speakers.remove(owner);
-                room.loudest.remove(owner);
+        if let Some(room) = self.rooms.get_mut(&room_id) {
+            room.remote_tracks.retain(|t| *t != track_id);
+            room.speakers.remove(owner);
+            room.loudest.remove(owner);
+            // A room known here only for remote tracks is gone with its last one.
+            if room.members.is_empty() && room.remote_tracks.is_empty() {
+                self.rooms.remove(&room_id);
             }
         }
-        // A room known here only for remote tracks is gone with its last one.
-        self.rooms
-            .retain(|_, room| !room.members.is_empty() || !room.remote_tracks.is_empty());
         self.report_counts();
     }
 
@@ -191,7 +191,7 @@ impl Sfu {
         let Some(track) = self.tracks.get_mut(&media.track) else {
             return;
         };
-        if track.origin.as_ref() != Some(from) {
+        if track.origin_node() != Some(from) {
             return;
         }
         let Some(params) = track.remote_payload(media.pt) else {
@@ -219,10 +219,8 @@ impl Sfu {
         };
         if let Some(level) = media.audio_level
             && kind == MediaKind::Audio
-            && let Some(room) = self
-                .rooms
-                .values_mut()
-                .find(|r| r.remote_tracks.contains(&media.track))
+            && let Some((_, room_id)) = &track.origin
+            && let Some(room) = self.rooms.get_mut(room_id)
         {
             room.speakers.record(owner, level, now);
         }
@@ -302,7 +300,7 @@ impl Sfu {
                 if let Some(t) = self
                     .tracks
                     .get_mut(&track)
-                    .filter(|t| t.origin.as_ref() == Some(&from))
+                    .filter(|t| t.origin_node() == Some(&from))
                 {
                     t.apply_remote_layers(&layers, &payloads, now);
                 }
@@ -369,7 +367,7 @@ impl Sfu {
                 let Some(track) = self.tracks.get(track_id) else {
                     continue;
                 };
-                let Some(origin) = &track.origin else {
+                let Some(origin) = track.origin_node() else {
                     continue;
                 };
                 let layers = if track.kind == MediaKind::Audio {
@@ -430,20 +428,19 @@ impl RelayBook {
 
     /// Records a relayed packet's sequence number; returns the ones skipped since the last.
     fn gap(&mut self, track: TrackId, layer: LayerKey, seq_no: u64) -> Vec<u64> {
-        let key = (track, layer);
-        let Some(entry) = self.last_seq.iter_mut().find(|(k, _)| *k == key) else {
-            self.last_seq.push((key, seq_no));
+        let Some(entry) = self.last_seq.get_mut(&(track, layer)) else {
+            self.last_seq.insert((track, layer), seq_no);
             return Vec::new();
         };
-        let last = entry.1;
+        let last = *entry;
         if seq_no <= last {
             // Far behind: the stream started again (a new source); count from here.
             if last - seq_no > MAX_NACK_GAP {
-                entry.1 = seq_no;
+                *entry = seq_no;
             }
             return Vec::new();
         }
-        entry.1 = seq_no;
+        *entry = seq_no;
         if seq_no - last > MAX_NACK_GAP {
             return Vec::new();
         }
@@ -452,7 +449,7 @@ impl RelayBook {
 
     /// Forgets a track's sequence numbers (it is gone).
     pub fn forget(&mut self, track: TrackId) {
-        self.last_seq.retain(|((t, _), _)| *t != track);
+        self.last_seq.retain(|(t, _), _| *t != track);
         self.cache.retain(|m| m.track != track);
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use str0m::Rtc;
 use str0m::format::PayloadParams;
 use str0m::media::{MediaKind, Mid, Pt, Rid};
-use ting_protocol::{NodeId, ParticipantId};
+use ting_protocol::{NodeId, ParticipantId, RoomId};
 
 use super::relay::{RelayLease, RemoteLayer};
 use crate::layer::LayerOption;
@@ -50,8 +50,9 @@ pub struct Track {
     created: Instant,
     /// The publisher's payload types seen on this track and their codecs.
     payloads: Vec<(Pt, PayloadParams)>,
-    /// `Some` for a track published on another node and relayed here: that node.
-    pub origin: Option<NodeId>,
+    /// `Some` for a track published on another node and relayed here: that node, and the
+    /// room here it belongs to.
+    pub origin: Option<(NodeId, RoomId)>,
     /// Nodes this track is relayed to, with the layers each asked for.
     pub relays: Vec<RelayLease>,
 }
@@ -73,6 +74,11 @@ impl Track {
             origin: None,
             relays: Vec::new(),
         }
+    }
+
+    /// The node a relayed track comes from (`None` for a local track).
+    pub fn origin_node(&self) -> Option<&NodeId> {
+        self.origin.as_ref().map(|(node, _)| node)
     }
 
     /// The payload types this track was seen with, for the nodes it is relayed to.

@@ -326,22 +326,12 @@ impl NodeLinks {
             .map_err(|e| e.to_string())?;
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
         self.say_hello(&connection, &mut send, Side::Dialer).await?;
-        let hello = read_frame(&mut recv, MAX_HELLO)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Frame::Hello {
-            node: peer,
-            proof,
-            incarnation,
-        } = hello
-        else {
-            return Err("the node did not say hello".into());
-        };
-        if peer != *node || !auth::verify(&self.0.key, &connection, Side::Listener, &peer, &proof) {
-            connection.close(1u32.into(), b"not authenticated");
-            return Err(format!(
-                "{addr} did not prove to be node {node} of this cluster"
-            ));
+        let (peer, incarnation) = self
+            .hear_hello(&connection, &mut recv, Side::Listener)
+            .await?;
+        if peer != *node {
+            connection.close(1u32.into(), b"not the node dialed");
+            return Err(format!("{addr} is node {peer}, not {node}"));
         }
         self.run(peer, incarnation, true, connection, send, recv);
         Ok(())
@@ -370,11 +360,28 @@ impl NodeLinks {
     async fn accept(&self, incoming: quinn::Incoming) -> Result<(), String> {
         let connection = incoming.await.map_err(|e| e.to_string())?;
         let (mut send, mut recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
-        let hello = read_frame(&mut recv, MAX_HELLO)
+        let (peer, incarnation) = self
+            .hear_hello(&connection, &mut recv, Side::Dialer)
+            .await?;
+        self.say_hello(&connection, &mut send, Side::Listener)
+            .await?;
+        self.run(peer, incarnation, false, connection, send, recv);
+        Ok(())
+    }
+
+    /// Reads the other end's `hello` (it is on `side` of the connection) and checks its proof;
+    /// returns its node id and incarnation, or closes the connection.
+    async fn hear_hello(
+        &self,
+        connection: &quinn::Connection,
+        recv: &mut quinn::RecvStream,
+        side: Side,
+    ) -> Result<(NodeId, u64), String> {
+        let hello = read_frame(recv, MAX_HELLO)
             .await
             .map_err(|e| e.to_string())?;
         let Frame::Hello {
-            node: peer,
+            node,
             proof,
             incarnation,
         } = hello
@@ -382,14 +389,11 @@ impl NodeLinks {
             connection.close(1u32.into(), b"hello first");
             return Err("the first frame was not hello".into());
         };
-        if !auth::verify(&self.0.key, &connection, Side::Dialer, &peer, &proof) {
+        if !auth::verify(&self.0.key, connection, side, &node, &proof) {
             connection.close(1u32.into(), b"not authenticated");
-            return Err(format!("{peer} did not prove it belongs to this cluster"));
+            return Err(format!("{node} did not prove it belongs to this cluster"));
         }
-        self.say_hello(&connection, &mut send, Side::Listener)
-            .await?;
-        self.run(peer, incarnation, false, connection, send, recv);
-        Ok(())
+        Ok((node, incarnation))
     }
 
     /// Sends this node's `hello` with its proof for `side` of the connection.

@@ -23,9 +23,40 @@ pub struct ClusterLink {
     pub draining: Arc<AtomicBool>,
     /// This node's base HTTP URL as clients reach it.
     pub http_url: String,
+    /// The last registry read, shared by the placement steps of one join.
+    pub recent_nodes: RecentNodes,
 }
 
+/// A registry read reused for 200 ms: one join asks where its room is and where its
+/// media goes, and both need the live nodes; heartbeats change them only twice a second.
+#[derive(Clone, Default)]
+pub struct RecentNodes(Arc<std::sync::Mutex<Option<RegistryRead>>>);
+
+/// When the registry was read, and what it said.
+type RegistryRead = (std::time::Instant, Vec<NodeStatus>);
+
+/// How long a registry read is reused.
+const RECENT: Duration = Duration::from_millis(200);
+
 impl ClusterLink {
+    /// The live nodes, from a registry read of the last [`RECENT`] or a new one.
+    async fn live_nodes(&self) -> Result<Vec<NodeStatus>, super::ClusterError> {
+        let cache = || {
+            self.recent_nodes
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        if let Some((at, nodes)) = cache().as_ref()
+            && at.elapsed() < RECENT
+        {
+            return Ok(nodes.clone());
+        }
+        let nodes = self.store.live_nodes().await?;
+        *cache() = Some((std::time::Instant::now(), nodes.clone()));
+        Ok(nodes)
+    }
+
     /// The base HTTP URL of the node a new participant of `room` should use, or `None` for
     /// this one. A room's signalling stays on the node that carries it (its media may spread
     /// over other nodes); a new room goes to the least loaded open node of this node's
@@ -39,7 +70,7 @@ impl ClusterLink {
             if hosts.contains(&self.node) {
                 return Ok(None);
             }
-            let mut nodes = self.store.live_nodes().await?;
+            let mut nodes = self.live_nodes().await?;
             // Rooms live on nodes that serve clients (not on media-only `ting sfu` nodes).
             nodes.retain(|n| n.signalling);
             let url_of = |id: &NodeId| {
@@ -102,7 +133,7 @@ impl ClusterLink {
         placed_on: impl Fn(&NodeId) -> u32,
         region: Option<&str>,
     ) -> Option<NodeStatus> {
-        let mut nodes = match self.store.live_nodes().await {
+        let mut nodes = match self.live_nodes().await {
             Ok(nodes) => nodes,
             Err(e) => {
                 warn!("cluster placement unavailable, media stays here: {e}");
@@ -256,6 +287,7 @@ mod tests {
             claim_ttl: ttl,
             draining: Arc::new(AtomicBool::new(true)),
             http_url: "http://leaving:8080".into(),
+            recent_nodes: RecentNodes::default(),
         };
         let rooms: Vec<(RoomId, u32)> = [("r1", 40), ("r2", 20), ("r3", 20), ("r4", 10)]
             .into_iter()
@@ -324,6 +356,7 @@ mod tests {
             claim_ttl: ttl,
             draining: Arc::new(AtomicBool::new(false)),
             http_url: alive.clone(),
+            recent_nodes: RecentNodes::default(),
         };
         let room_of = |name: &str| RoomId::new(name).unwrap();
         for (room, owner) in [("up", "alive"), ("down", "crashed")] {
@@ -363,6 +396,7 @@ mod tests {
                 claim_ttl: ttl,
                 draining: Arc::new(AtomicBool::new(draining)),
                 http_url: "http://here:8080".into(),
+                recent_nodes: RecentNodes::default(),
             }
         };
         let chosen = |link: ClusterLink, region: Option<&'static str>| async move {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use ting_protocol::{NodeId, ParticipantId, RoomId};
 
 pub use directory::Directory;
-pub use link::{ClusterLink, websocket_url};
+pub use link::{ClusterLink, RecentNodes, websocket_url};
 pub use memory::MemoryCluster;
 pub use placement::select_node;
 pub use redis_store::RedisCluster;

@@ -73,6 +73,18 @@ impl RedisCluster {
         })
     }
 
+    /// Adds to `pipe`: `node` no longer hosts `room`, and lets go of its claim on it.
+    fn leave_room(&self, pipe: &mut redis::Pipeline, room: &str, node: &NodeId) {
+        pipe.zrem(self.room_key(room), node.as_str())
+            .ignore()
+            .cmd("EVAL")
+            .arg(RELEASE_CLAIM)
+            .arg(1)
+            .arg(self.owner_key(room))
+            .arg(node.as_str())
+            .ignore();
+    }
+
     fn nodes_key(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
@@ -193,15 +205,7 @@ impl ClusterState for RedisCluster {
                 .ignore();
         }
         for room in rooms {
-            remove
-                .zrem(self.room_key(&room), node.as_str())
-                .ignore()
-                .cmd("EVAL")
-                .arg(RELEASE_CLAIM)
-                .arg(1)
-                .arg(self.owner_key(&room))
-                .arg(node.as_str())
-                .ignore();
+            self.leave_room(&mut remove, &room, node);
         }
         remove
             .del(&[
@@ -311,19 +315,10 @@ impl ClusterState for RedisCluster {
         remove.hincr(self.node_rooms_key(node), &room, -1);
         let (left,): (i64,) = remove.query_async(&mut con).await?;
         if left <= 0 {
-            redis::pipe()
-                .hdel(self.node_rooms_key(node), &room)
-                .ignore()
-                .zrem(self.room_key(&room), node.as_str())
-                .ignore()
-                .cmd("EVAL")
-                .arg(RELEASE_CLAIM)
-                .arg(1)
-                .arg(self.owner_key(&room))
-                .arg(node.as_str())
-                .ignore()
-                .query_async::<()>(&mut con)
-                .await?;
+            let mut leave = redis::pipe();
+            leave.hdel(self.node_rooms_key(node), &room).ignore();
+            self.leave_room(&mut leave, &room, node);
+            leave.query_async::<()>(&mut con).await?;
         }
         Ok(())
     }
