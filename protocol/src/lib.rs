@@ -5,6 +5,7 @@
 //! documented with examples in `docs/protocol.md`; [`PROTOCOL_VERSION`] is bumped when a
 //! change would break an existing client.
 
+pub mod collab;
 mod ids;
 mod signal;
 

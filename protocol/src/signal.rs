@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::collab::{Channel, CollabErrorCode, CollabEvent, ObjectName};
 use crate::{ParticipantId, RoomId, TrackId};
 
 /// Messages a client sends to the server.
@@ -103,6 +104,38 @@ pub enum ClientMessage {
     Admit { participant_id: ParticipantId },
     /// Moderation: turn a participant in the lobby away.
     Deny { participant_id: ParticipantId },
+    /// Follow a collab object. With `since` (the last `seq` the client saw) the server sends
+    /// exactly the events after it; without it, or when they are no longer kept, a snapshot.
+    /// Then `collab_synced`.
+    CollabSubscribe {
+        channel: Channel,
+        object: ObjectName,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
+    CollabUnsubscribe {
+        channel: Channel,
+        object: ObjectName,
+    },
+    /// A change to a collab object (`volatile: false`, acknowledged by `collab_ack` once it is
+    /// stored; a repeated `op_id` is applied once), or a droppable frame such as a cursor or
+    /// typing (`volatile: true`, relayed to the other subscribers, never stored).
+    Collab {
+        channel: Channel,
+        object: ObjectName,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        op_id: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        volatile: bool,
+        body: serde_json::Value,
+    },
+    /// A read-only request (chat history, search); answered by `collab_result`.
+    CollabQuery {
+        channel: Channel,
+        object: ObjectName,
+        op_id: String,
+        body: serde_json::Value,
+    },
 }
 
 fn yes() -> bool {
@@ -237,6 +270,47 @@ pub enum ServerMessage {
     /// The server ends this session; the socket closes right after.
     Bye {
         reason: LeaveReason,
+    },
+    /// An event of a collab object the client follows.
+    Collab(CollabEvent),
+    /// The state of a collab object as of `seq` (answer to `collab_subscribe` when events
+    /// alone cannot bring the client up to date).
+    CollabSnapshot {
+        channel: Channel,
+        object: ObjectName,
+        seq: u64,
+        state: serde_json::Value,
+    },
+    /// The client is up to date with the object as of `seq`; live events follow.
+    CollabSynced {
+        channel: Channel,
+        object: ObjectName,
+        seq: u64,
+    },
+    /// The write with `op_id` is stored as event `seq` (`duplicate`: it had been already).
+    CollabAck {
+        channel: Channel,
+        object: ObjectName,
+        op_id: String,
+        seq: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+    },
+    /// Answer to `collab_query`.
+    CollabResult {
+        channel: Channel,
+        object: ObjectName,
+        op_id: String,
+        body: serde_json::Value,
+    },
+    /// A collab request failed; nothing was changed.
+    CollabError {
+        channel: Channel,
+        object: ObjectName,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        op_id: Option<String>,
+        code: CollabErrorCode,
+        message: String,
     },
 }
 
