@@ -188,17 +188,45 @@ enum Command {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 enum Event {
-    TitleSet { title: String },
-    ColumnAdded { column: Column },
-    ColumnRenamed { id: String, title: String },
-    ColumnMoved { id: String, position: String },
-    ColumnDeleted { id: String },
-    LabelSet { label: Label },
-    CardAdded { card: Card },
-    CardUpdated { id: String, patch: CardPatch },
-    CardMoved { id: String, column: String, position: String },
-    CardDeleted { id: String },
-    Commented { card: String, text: String },
+    TitleSet {
+        title: String,
+    },
+    ColumnAdded {
+        column: Column,
+    },
+    ColumnRenamed {
+        id: String,
+        title: String,
+    },
+    ColumnMoved {
+        id: String,
+        position: String,
+    },
+    ColumnDeleted {
+        id: String,
+    },
+    LabelSet {
+        label: Label,
+    },
+    CardAdded {
+        card: Card,
+    },
+    CardUpdated {
+        id: String,
+        patch: CardPatch,
+    },
+    CardMoved {
+        id: String,
+        column: String,
+        position: String,
+    },
+    CardDeleted {
+        id: String,
+    },
+    Commented {
+        card: String,
+        text: String,
+    },
 }
 
 fn check_id(id: &str) -> Result<(), CollabError> {
@@ -254,8 +282,15 @@ impl CardPatch {
         for item in self.checklist.iter().flatten() {
             check_text("a checklist item", &item.text, MAX_TITLE_CHARS)?;
         }
-        let strings = self.assignees.iter().flatten().chain(self.attachments.iter().flatten());
-        if strings.chain(self.labels.iter().flatten()).any(|s| s.len() > 256) {
+        let strings = self
+            .assignees
+            .iter()
+            .flatten()
+            .chain(self.attachments.iter().flatten());
+        if strings
+            .chain(self.labels.iter().flatten())
+            .any(|s| s.len() > 256)
+        {
             return Err(CollabError::too_large("names are at most 256 bytes"));
         }
         if self.meeting.as_ref().is_some_and(|m| m.len() > 128) {
@@ -316,7 +351,12 @@ impl BoardState {
             .ok_or_else(|| CollabError::not_found(format!("no column '{id}'")))
     }
 
-    fn new_id(&self, given: Option<String>, ctx: &Ctx<'_>, prefix: &str) -> Result<String, CollabError> {
+    fn new_id(
+        &self,
+        given: Option<String>,
+        ctx: &Ctx<'_>,
+        prefix: &str,
+    ) -> Result<String, CollabError> {
         let id = given.unwrap_or_else(|| format!("{prefix}{}", ctx.seq));
         check_id(&id)?;
         if self.cards.contains_key(&id) || self.columns.contains_key(&id) {
@@ -356,12 +396,18 @@ impl BoardState {
                 let place = Place { after, before };
                 check_text("a title", &title, MAX_TITLE_CHARS)?;
                 if self.columns.len() >= MAX_COLUMNS {
-                    return Err(CollabError::too_large(format!("at most {MAX_COLUMNS} columns")));
+                    return Err(CollabError::too_large(format!(
+                        "at most {MAX_COLUMNS} columns"
+                    )));
                 }
                 let id = self.new_id(id, &ctx, "col")?;
                 let position = Self::place(&self.column_siblings(""), &place)?;
                 Event::ColumnAdded {
-                    column: Column { id, title, position },
+                    column: Column {
+                        id,
+                        title,
+                        position,
+                    },
                 }
             }
             Command::RenameColumn { id, title } => {
@@ -566,13 +612,29 @@ mod tests {
     fn write(board: &mut BoardState, seq: &mut u64, command: Value) -> Result<Value, CollabError> {
         let who = ann();
         *seq += 1;
-        let body = board.decide(Ctx { actor: &who, now_ms: 0, seq: *seq }, command)?;
-        board.apply(Stored { seq: *seq, at: 0, author: &who.author(), body: &body });
+        let body = board.decide(
+            Ctx {
+                actor: &who,
+                now_ms: 0,
+                seq: *seq,
+            },
+            command,
+        )?;
+        board.apply(Stored {
+            seq: *seq,
+            at: 0,
+            author: &who.author(),
+            body: &body,
+        });
         Ok(body)
     }
 
     fn order(board: &BoardState, column: &str) -> Vec<String> {
-        board.column_cards(column).iter().map(|c| c.id.clone()).collect()
+        board
+            .column_cards(column)
+            .iter()
+            .map(|c| c.id.clone())
+            .collect()
     }
 
     #[test]
@@ -581,26 +643,45 @@ mod tests {
         let mut board = BoardState::default();
         let mut seq = 0;
         for col in ["todo", "doing", "done"] {
-            write(&mut board, &mut seq, json!({"op":"add_column","id":col,"title":col})).unwrap();
+            write(
+                &mut board,
+                &mut seq,
+                json!({"op":"add_column","id":col,"title":col}),
+            )
+            .unwrap();
         }
         for i in 0..30 {
-            write(&mut board, &mut seq, json!({"op":"add_card","id":format!("c{i}"),"column":"todo","title":"t"})).unwrap();
+            write(
+                &mut board,
+                &mut seq,
+                json!({"op":"add_card","id":format!("c{i}"),"column":"todo","title":"t"}),
+            )
+            .unwrap();
         }
         let columns = ["todo", "doing", "done"];
         for _ in 0..1000 {
             let card = format!("c{}", rng.random_range(0..30));
             let column = columns[rng.random_range(0..3)];
-            let mut target: Vec<String> = order(&board, column).into_iter().filter(|c| *c != card).collect();
+            let mut target: Vec<String> = order(&board, column)
+                .into_iter()
+                .filter(|c| *c != card)
+                .collect();
             let slot = rng.random_range(0..=target.len());
             let command = if slot == 0 {
                 match target.first() {
-                    Some(first) => json!({"op":"move_card","id":card,"column":column,"before":first}),
+                    Some(first) => {
+                        json!({"op":"move_card","id":card,"column":column,"before":first})
+                    }
                     None => json!({"op":"move_card","id":card,"column":column}),
                 }
             } else {
                 json!({"op":"move_card","id":card,"column":column,"after":target[slot - 1]})
             };
-            let before: BTreeMap<String, String> = board.cards.iter().map(|(k, c)| (k.clone(), c.position.clone())).collect();
+            let before: BTreeMap<String, String> = board
+                .cards
+                .iter()
+                .map(|(k, c)| (k.clone(), c.position.clone()))
+                .collect();
             write(&mut board, &mut seq, command).unwrap();
             // Only the moved card's position changed.
             for (id, position) in &before {
@@ -620,17 +701,57 @@ mod tests {
         // replica applies the two events in that order and ends on the later move.
         let mut server = BoardState::default();
         let mut seq = 0;
-        write(&mut server, &mut seq, json!({"op":"add_column","id":"a","title":"A"})).unwrap();
-        write(&mut server, &mut seq, json!({"op":"add_column","id":"b","title":"B"})).unwrap();
-        write(&mut server, &mut seq, json!({"op":"add_card","id":"x","column":"a","title":"X"})).unwrap();
-        write(&mut server, &mut seq, json!({"op":"add_card","id":"y","column":"a","title":"Y"})).unwrap();
+        write(
+            &mut server,
+            &mut seq,
+            json!({"op":"add_column","id":"a","title":"A"}),
+        )
+        .unwrap();
+        write(
+            &mut server,
+            &mut seq,
+            json!({"op":"add_column","id":"b","title":"B"}),
+        )
+        .unwrap();
+        write(
+            &mut server,
+            &mut seq,
+            json!({"op":"add_card","id":"x","column":"a","title":"X"}),
+        )
+        .unwrap();
+        write(
+            &mut server,
+            &mut seq,
+            json!({"op":"add_card","id":"y","column":"a","title":"Y"}),
+        )
+        .unwrap();
         let replica_start = server.clone();
-        let first = write(&mut server, &mut seq, json!({"op":"move_card","id":"x","column":"b"})).unwrap();
-        let second = write(&mut server, &mut seq, json!({"op":"move_card","id":"x","column":"a","after":"y"})).unwrap();
+        let first = write(
+            &mut server,
+            &mut seq,
+            json!({"op":"move_card","id":"x","column":"b"}),
+        )
+        .unwrap();
+        let second = write(
+            &mut server,
+            &mut seq,
+            json!({"op":"move_card","id":"x","column":"a","after":"y"}),
+        )
+        .unwrap();
         let mut replica = replica_start;
         let who = ann().author();
-        replica.apply(Stored { seq: 5, at: 0, author: &who, body: &first });
-        replica.apply(Stored { seq: 6, at: 0, author: &who, body: &second });
+        replica.apply(Stored {
+            seq: 5,
+            at: 0,
+            author: &who,
+            body: &first,
+        });
+        replica.apply(Stored {
+            seq: 6,
+            at: 0,
+            author: &who,
+            body: &second,
+        });
         assert_eq!(replica, server);
         assert_eq!(order(&server, "a"), vec!["y", "x"]);
     }
@@ -639,22 +760,59 @@ mod tests {
     fn cards_carry_details_comments_and_links() {
         let mut board = BoardState::default();
         let mut seq = 0;
-        write(&mut board, &mut seq, json!({"op":"add_column","id":"todo","title":"To do"})).unwrap();
-        write(&mut board, &mut seq, json!({"op":"set_label","id":"urgent","name":"Urgent","color":"#ff0000"})).unwrap();
-        write(&mut board, &mut seq, json!({"op":"add_card","id":"c","column":"todo","title":"Budget"})).unwrap();
-        write(&mut board, &mut seq, json!({"op":"update_card","id":"c","patch":{
+        write(
+            &mut board,
+            &mut seq,
+            json!({"op":"add_column","id":"todo","title":"To do"}),
+        )
+        .unwrap();
+        write(
+            &mut board,
+            &mut seq,
+            json!({"op":"set_label","id":"urgent","name":"Urgent","color":"#ff0000"}),
+        )
+        .unwrap();
+        write(
+            &mut board,
+            &mut seq,
+            json!({"op":"add_card","id":"c","column":"todo","title":"Budget"}),
+        )
+        .unwrap();
+        write(
+            &mut board,
+            &mut seq,
+            json!({"op":"update_card","id":"c","patch":{
             "labels":["urgent"],"assignees":["bob"],"due":"2026-12-01",
             "checklist":[{"id":"1","text":"draft","done":true}],
-            "attachments":["f-1"],"meeting":"weekly","thread":12}})).unwrap();
-        write(&mut board, &mut seq, json!({"op":"comment","card":"c","text":"see thread"})).unwrap();
+            "attachments":["f-1"],"meeting":"weekly","thread":12}}),
+        )
+        .unwrap();
+        write(
+            &mut board,
+            &mut seq,
+            json!({"op":"comment","card":"c","text":"see thread"}),
+        )
+        .unwrap();
         let card = &board.cards["c"];
         assert_eq!(card.due.as_deref(), Some("2026-12-01"));
         assert_eq!(card.thread, Some(12));
         assert_eq!(card.comments[0].author.identity, "ann");
-        write(&mut board, &mut seq, json!({"op":"update_card","id":"c","patch":{"due":""}})).unwrap();
+        write(
+            &mut board,
+            &mut seq,
+            json!({"op":"update_card","id":"c","patch":{"due":""}}),
+        )
+        .unwrap();
         assert_eq!(board.cards["c"].due, None);
         // A column with cards cannot go; bad input is refused.
-        assert!(write(&mut board, &mut seq, json!({"op":"delete_column","id":"todo"})).is_err());
+        assert!(
+            write(
+                &mut board,
+                &mut seq,
+                json!({"op":"delete_column","id":"todo"})
+            )
+            .is_err()
+        );
         for bad in [
             json!({"op":"update_card","id":"c","patch":{"due":"tomorrow"}}),
             json!({"op":"update_card","id":"c","patch":{"owner":"me"}}),

@@ -400,7 +400,12 @@ mod tests {
     }
 
     /// Decides and applies as the service does, returning the new event's seq.
-    fn write(chat: &mut ChatState, seq: &mut u64, who: &Actor, command: Value) -> Result<u64, CollabError> {
+    fn write(
+        chat: &mut ChatState,
+        seq: &mut u64,
+        who: &Actor,
+        command: Value,
+    ) -> Result<u64, CollabError> {
         *seq += 1;
         let ctx = Ctx {
             actor: who,
@@ -422,39 +427,115 @@ mod tests {
         let (ann, bob, moderator) = (actor("ann", false), actor("bob", false), actor("mo", true));
         let mut chat = ChatState::default();
         let mut seq = 0;
-        let root = write(&mut chat, &mut seq, &ann, json!({"op":"post","text":"Agenda?"})).unwrap();
-        let reply = write(&mut chat, &mut seq, &bob, json!({"op":"post","text":"Budget","thread":root})).unwrap();
+        let root = write(
+            &mut chat,
+            &mut seq,
+            &ann,
+            json!({"op":"post","text":"Agenda?"}),
+        )
+        .unwrap();
+        let reply = write(
+            &mut chat,
+            &mut seq,
+            &bob,
+            json!({"op":"post","text":"Budget","thread":root}),
+        )
+        .unwrap();
         // A reply to a reply lands in the root's thread.
-        let nested = write(&mut chat, &mut seq, &ann, json!({"op":"post","text":"ok","thread":reply})).unwrap();
+        let nested = write(
+            &mut chat,
+            &mut seq,
+            &ann,
+            json!({"op":"post","text":"ok","thread":reply}),
+        )
+        .unwrap();
         assert_eq!(chat.messages[&nested].thread, Some(root));
         assert_eq!(chat.messages[&root].replies, 2);
 
         // Only the author edits.
-        let refused = write(&mut chat, &mut seq, &bob, json!({"op":"edit","id":root,"text":"x"}));
-        assert_eq!(refused.unwrap_err().code, ting_protocol::collab::CollabErrorCode::NotAllowed);
-        write(&mut chat, &mut seq, &ann, json!({"op":"edit","id":root,"text":"Agenda for Monday?"})).unwrap();
+        let refused = write(
+            &mut chat,
+            &mut seq,
+            &bob,
+            json!({"op":"edit","id":root,"text":"x"}),
+        );
+        assert_eq!(
+            refused.unwrap_err().code,
+            ting_protocol::collab::CollabErrorCode::NotAllowed
+        );
+        write(
+            &mut chat,
+            &mut seq,
+            &ann,
+            json!({"op":"edit","id":root,"text":"Agenda for Monday?"}),
+        )
+        .unwrap();
         assert_eq!(chat.messages[&root].text, "Agenda for Monday?");
         assert!(chat.messages[&root].edited_at.is_some());
 
-        write(&mut chat, &mut seq, &bob, json!({"op":"react","id":root,"emoji":"👍"})).unwrap();
-        write(&mut chat, &mut seq, &ann, json!({"op":"react","id":root,"emoji":"👍"})).unwrap();
-        write(&mut chat, &mut seq, &ann, json!({"op":"react","id":root,"emoji":"👍","on":false})).unwrap();
+        write(
+            &mut chat,
+            &mut seq,
+            &bob,
+            json!({"op":"react","id":root,"emoji":"👍"}),
+        )
+        .unwrap();
+        write(
+            &mut chat,
+            &mut seq,
+            &ann,
+            json!({"op":"react","id":root,"emoji":"👍"}),
+        )
+        .unwrap();
+        write(
+            &mut chat,
+            &mut seq,
+            &ann,
+            json!({"op":"react","id":root,"emoji":"👍","on":false}),
+        )
+        .unwrap();
         assert_eq!(chat.messages[&root].reactions["👍"].len(), 1);
 
         // Bob may not delete Ann's message; a moderator may. Content goes, a trace stays.
         assert!(write(&mut chat, &mut seq, &bob, json!({"op":"delete","id":root})).is_err());
-        write(&mut chat, &mut seq, &moderator, json!({"op":"delete","id":root})).unwrap();
+        write(
+            &mut chat,
+            &mut seq,
+            &moderator,
+            json!({"op":"delete","id":root}),
+        )
+        .unwrap();
         let gone = &chat.messages[&root];
         assert_eq!(gone.text, "");
         assert!(gone.reactions.is_empty());
         assert_eq!(gone.deleted.as_ref().map(|d| d.by.as_str()), Some("mo"));
         // A deleted message cannot be edited, reacted to or replied to.
-        assert!(write(&mut chat, &mut seq, &ann, json!({"op":"edit","id":root,"text":"again"})).is_err());
-        assert!(write(&mut chat, &mut seq, &ann, json!({"op":"post","text":"hi","thread":root})).is_err());
+        assert!(
+            write(
+                &mut chat,
+                &mut seq,
+                &ann,
+                json!({"op":"edit","id":root,"text":"again"})
+            )
+            .is_err()
+        );
+        assert!(
+            write(
+                &mut chat,
+                &mut seq,
+                &ann,
+                json!({"op":"post","text":"hi","thread":root})
+            )
+            .is_err()
+        );
         // Search no longer finds its words; the thread's history still lists the trace.
-        let found = chat.query(&ann, json!({"query":"search","q":"agenda"})).unwrap();
+        let found = chat
+            .query(&ann, json!({"query":"search","q":"agenda"}))
+            .unwrap();
         assert_eq!(found["messages"].as_array().map(Vec::len), Some(0));
-        let thread = chat.query(&ann, json!({"query":"history","thread":root})).unwrap();
+        let thread = chat
+            .query(&ann, json!({"query":"history","thread":root}))
+            .unwrap();
         assert_eq!(thread["messages"].as_array().map(Vec::len), Some(3));
     }
 
@@ -464,19 +545,39 @@ mod tests {
         let mut chat = ChatState::default();
         let mut seq = 0;
         for i in 0..120 {
-            let text = if i % 10 == 0 { format!("release notes {i}") } else { format!("message {i}") };
+            let text = if i % 10 == 0 {
+                format!("release notes {i}")
+            } else {
+                format!("message {i}")
+            };
             write(&mut chat, &mut seq, &ann, json!({"op":"post","text":text})).unwrap();
         }
-        let first = chat.query(&ann, json!({"query":"history","limit":50})).unwrap();
-        let ids: Vec<u64> = first["messages"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+        let first = chat
+            .query(&ann, json!({"query":"history","limit":50}))
+            .unwrap();
+        let ids: Vec<u64> = first["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_u64().unwrap())
+            .collect();
         assert_eq!(ids, (71..=120).collect::<Vec<_>>());
         assert_eq!(first["more"], true);
-        let second = chat.query(&ann, json!({"query":"history","before":71,"limit":100})).unwrap();
+        let second = chat
+            .query(&ann, json!({"query":"history","before":71,"limit":100}))
+            .unwrap();
         assert_eq!(second["messages"].as_array().unwrap().len(), 70);
         assert_eq!(second["more"], false);
 
-        let hits = chat.query(&ann, json!({"query":"search","q":"Release NOT"})).unwrap();
-        let ids: Vec<u64> = hits["messages"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+        let hits = chat
+            .query(&ann, json!({"query":"search","q":"Release NOT"}))
+            .unwrap();
+        let ids: Vec<u64> = hits["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_u64().unwrap())
+            .collect();
         assert_eq!(ids, vec![111, 101, 91, 81, 71, 61, 51, 41, 31, 21, 11, 1]);
         assert!(chat.query(&ann, json!({"query":"teleport"})).is_err());
     }
@@ -496,7 +597,10 @@ mod tests {
             json!({"op":"react","id":1,"emoji":""}),
             json!([1, 2]),
         ] {
-            assert!(write(&mut chat, &mut seq, &ann, bad.clone()).is_err(), "{bad}");
+            assert!(
+                write(&mut chat, &mut seq, &ann, bad.clone()).is_err(),
+                "{bad}"
+            );
         }
         assert_eq!(chat.messages.len(), 0);
     }
@@ -507,12 +611,20 @@ mod tests {
         let mut chat = ChatState::default();
         let mut seq = 0;
         for _ in 0..10 {
-            write(&mut chat, &mut seq, &ann, json!({"op":"post","text":"old news"})).unwrap();
+            write(
+                &mut chat,
+                &mut seq,
+                &ann,
+                json!({"op":"post","text":"old news"}),
+            )
+            .unwrap();
         }
         // Messages 1..=4 were posted at 1000..4000 ms.
         assert_eq!(chat.expire_before(5000), 4);
         assert_eq!(chat.messages.keys().next(), Some(&5));
-        let hits = chat.query(&ann, json!({"query":"search","q":"old"})).unwrap();
+        let hits = chat
+            .query(&ann, json!({"query":"search","q":"old"}))
+            .unwrap();
         assert_eq!(hits["messages"].as_array().unwrap().len(), 6);
     }
 
@@ -521,12 +633,20 @@ mod tests {
         let ann = actor("ann", false);
         let mut chat = ChatState::default();
         let mut seq = 0;
-        write(&mut chat, &mut seq, &ann, json!({"op":"post","text":"persist me"})).unwrap();
+        write(
+            &mut chat,
+            &mut seq,
+            &ann,
+            json!({"op":"post","text":"persist me"}),
+        )
+        .unwrap();
         let stored = serde_json::to_string(&chat).unwrap();
         let mut restored: ChatState = serde_json::from_str(&stored).unwrap();
         restored.after_restore();
         assert_eq!(restored.messages, chat.messages);
-        let hits = restored.query(&ann, json!({"query":"search","q":"persist"})).unwrap();
+        let hits = restored
+            .query(&ann, json!({"query":"search","q":"persist"}))
+            .unwrap();
         assert_eq!(hits["messages"].as_array().unwrap().len(), 1);
     }
 }

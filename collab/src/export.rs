@@ -43,7 +43,13 @@ impl Write for ChannelWriter {
 fn archive_name(name: &str) -> String {
     let cleaned: String = name
         .chars()
-        .map(|c| if c.is_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .map(|c| {
+            if c.is_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     cleaned.trim_start_matches('.').chars().take(100).collect()
 }
@@ -54,7 +60,11 @@ fn json_bytes(value: &Value) -> Vec<u8> {
 
 impl Collab {
     /// Renders a whiteboard as SVG (images from the file drop embedded).
-    pub async fn whiteboard_svg(&self, actor: &Actor, name: &ObjectName) -> Result<String, CollabError> {
+    pub async fn whiteboard_svg(
+        &self,
+        actor: &Actor,
+        name: &ObjectName,
+    ) -> Result<String, CollabError> {
         let (scene, _) = self
             .read(actor, Channel::Whiteboard, name, |state| match state {
                 ObjectState::Whiteboard(scene) => Some(scene.clone()),
@@ -64,7 +74,9 @@ impl Collab {
         let scene = scene.ok_or_else(|| CollabError::not_found("not a whiteboard"))?;
         let mut images = Images::new();
         for element in scene.ordered() {
-            let Some(file_id) = element.file_id.as_deref() else { continue };
+            let Some(file_id) = element.file_id.as_deref() else {
+                continue;
+            };
             if element.is_deleted || images.contains_key(file_id) {
                 continue;
             }
@@ -78,7 +90,11 @@ impl Collab {
         Ok(svg::render_svg(&scene, &images))
     }
 
-    pub async fn whiteboard_png(&self, actor: &Actor, name: &ObjectName) -> Result<Vec<u8>, CollabError> {
+    pub async fn whiteboard_png(
+        &self,
+        actor: &Actor,
+        name: &ObjectName,
+    ) -> Result<Vec<u8>, CollabError> {
         let svg = self.whiteboard_svg(actor, name).await?;
         tokio::task::spawn_blocking(move || svg::render_png(&svg))
             .await
@@ -106,10 +122,19 @@ impl Collab {
             let (state, seq) = self.objects.with_state(&key, |s| s.clone()).await?;
             let name = archive_name(key.name.as_str());
             let (folder, body) = match &state {
-                ObjectState::Chat(chat) => ("chat", json!({"seq": seq, "messages": chat.messages().collect::<Vec<_>>()})),
+                ObjectState::Chat(chat) => (
+                    "chat",
+                    json!({"seq": seq, "messages": chat.messages().collect::<Vec<_>>()}),
+                ),
                 ObjectState::Whiteboard(scene) => {
-                    documents.push((format!("whiteboards/{name}.svg"), self.whiteboard_svg(actor, &key.name).await?.into_bytes()));
-                    ("whiteboards", json!({"seq": seq, "elements": scene.ordered()}))
+                    documents.push((
+                        format!("whiteboards/{name}.svg"),
+                        self.whiteboard_svg(actor, &key.name).await?.into_bytes(),
+                    ));
+                    (
+                        "whiteboards",
+                        json!({"seq": seq, "elements": scene.ordered()}),
+                    )
                 }
                 ObjectState::Board(board) => ("boards", json!({"seq": seq, "board": board})),
                 ObjectState::Files(_) => continue,
@@ -119,9 +144,18 @@ impl Collab {
         let files = self.store().files(&room).await.map_err(unavailable)?;
         documents.push(("files/index.json".into(), json_bytes(&json!(files))));
         let retention = self.store().retention(&room).await.map_err(unavailable)?;
-        documents.push(("retention.json".into(), json_bytes(&json!({"keep_days": retention}))));
+        documents.push((
+            "retention.json".into(),
+            json_bytes(&json!({"keep_days": retention})),
+        ));
         self.store()
-            .audit(&room, now_ms(), &actor.identity, "export", &format!("{} files", files.len()))
+            .audit(
+                &room,
+                now_ms(),
+                &actor.identity,
+                "export",
+                &format!("{} files", files.len()),
+            )
             .await
             .map_err(unavailable)?;
         let audit = self.store().audit_log(&room).await.map_err(unavailable)?;
@@ -145,7 +179,8 @@ impl Collab {
                         .block_on(collab.files.read(&room, &file.id))
                         .map_err(std::io::Error::other)?
                         .map_err(std::io::Error::other);
-                    let reader = SyncIoBridge::new_with_handle(StreamReader::new(stream), handle.clone());
+                    let reader =
+                        SyncIoBridge::new_with_handle(StreamReader::new(stream), handle.clone());
                     let mut header = tar::Header::new_gnu();
                     header.set_size(file.size);
                     header.set_mode(0o644);

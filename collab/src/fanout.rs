@@ -140,7 +140,8 @@ pub(crate) async fn run_reader(
                     if from.as_deref() == Some(config.node.as_str()) {
                         continue;
                     }
-                    let Some(object) = entry.get::<String>("key").as_deref().and_then(decode) else {
+                    let Some(object) = entry.get::<String>("key").as_deref().and_then(decode)
+                    else {
                         continue;
                     };
                     debug!(object = %object, "fan-out notice");

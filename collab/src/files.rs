@@ -184,7 +184,10 @@ impl FileDrop {
                 self.limits.room_quota_bytes, used
             )));
         }
-        let mime = if mime.len() <= 100 && !mime.is_empty() && mime.bytes().all(|b| b.is_ascii_graphic()) {
+        let mime = if mime.len() <= 100
+            && !mime.is_empty()
+            && mime.bytes().all(|b| b.is_ascii_graphic())
+        {
             mime.to_owned()
         } else {
             "application/octet-stream".to_owned()
@@ -210,7 +213,13 @@ impl FileDrop {
     }
 
     /// The upload if `actor` may continue it (the uploader, in the same room).
-    pub(crate) async fn owned(&self, store: &Store, actor: &Actor, id: &str, now_ms: i64) -> Result<Upload, FileError> {
+    pub(crate) async fn owned(
+        &self,
+        store: &Store,
+        actor: &Actor,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Upload, FileError> {
         let upload = store.upload(id).await?.ok_or(FileError::NotFound)?;
         if upload.room != actor.room || upload.uploader.identity != actor.identity {
             return Err(FileError::NotFound);
@@ -289,7 +298,11 @@ impl FileDrop {
             Ok(()) => Ok(to),
             Err(StoreError::Conflict) => {
                 let _ = self.blobs.delete(&path).await;
-                let current = store.upload(&upload.id).await?.map(|u| u.offset).unwrap_or(0);
+                let current = store
+                    .upload(&upload.id)
+                    .await?
+                    .map(|u| u.offset)
+                    .unwrap_or(0);
                 Err(FileError::OffsetMismatch(current))
             }
             Err(e) => Err(e.into()),
@@ -297,7 +310,12 @@ impl FileDrop {
     }
 
     /// Joins a finished upload's chunks into the file and records it.
-    pub(crate) async fn finish(&self, store: &Store, upload: &Upload, now_ms: i64) -> Result<FileInfo, FileError> {
+    pub(crate) async fn finish(
+        &self,
+        store: &Store,
+        upload: &Upload,
+        now_ms: i64,
+    ) -> Result<FileInfo, FileError> {
         let file_id = random_id();
         let target = file_path(&upload.room, &file_id);
         let mut chunks: Vec<Path> = self
@@ -337,7 +355,9 @@ impl FileDrop {
             uploader: upload.uploader.clone(),
             at: now_ms,
         };
-        store.complete_upload(&upload.id, &file, &upload.room).await?;
+        store
+            .complete_upload(&upload.id, &file, &upload.room)
+            .await?;
         self.remove_chunks(&upload.id).await;
         Ok(file)
     }
@@ -357,7 +377,11 @@ impl FileDrop {
         }
     }
 
-    pub(crate) async fn read(&self, room: &str, file: &str) -> Result<BoxStream<'static, Result<Bytes, FileError>>, FileError> {
+    pub(crate) async fn read(
+        &self,
+        room: &str,
+        file: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, FileError>>, FileError> {
         let stream = self.blobs.get(&file_path(room, file)).await?.into_stream();
         Ok(stream.map_err(FileError::from).boxed())
     }

@@ -78,7 +78,9 @@ pub struct Collab {
 
 impl std::fmt::Debug for Collab {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Collab").field("store", self.objects.store()).finish()
+        f.debug_struct("Collab")
+            .field("store", self.objects.store())
+            .finish()
     }
 }
 
@@ -90,7 +92,10 @@ fn system_author(actor: &Actor) -> ting_protocol::collab::Author {
 impl Collab {
     /// Connects storage (running migrations) and, in a cluster, the fan-out. Background
     /// tasks (fan-out reader, expired-upload and retention sweeps) stop with `shutdown`.
-    pub async fn start(config: CollabConfig, shutdown: CancellationToken) -> Result<Self, StartError> {
+    pub async fn start(
+        config: CollabConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
         let store = Store::connect(&config.database_url).await?;
         let blobs = files::open_blobs(&config.blobs)?;
         let fanout = match &config.fanout {
@@ -164,7 +169,9 @@ impl Collab {
                 "your access does not let you read {channel}"
             )));
         }
-        self.objects.with_state(&key_for(actor, channel, object), f).await
+        self.objects
+            .with_state(&key_for(actor, channel, object), f)
+            .await
     }
 
     // --- file drop ---
@@ -217,7 +224,11 @@ impl Collab {
     }
 
     /// A zero-length upload is complete at creation.
-    pub async fn finish_empty_upload(&self, actor: &Actor, upload: &Upload) -> Result<FileInfo, FileError> {
+    pub async fn finish_empty_upload(
+        &self,
+        actor: &Actor,
+        upload: &Upload,
+    ) -> Result<FileInfo, FileError> {
         let file = self.files.finish(self.store(), upload, now_ms()).await?;
         self.announce_file(actor, &file).await;
         Ok(file)
@@ -314,7 +325,9 @@ impl CollabSession {
             let mut subscribed = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
             if !subscribed.contains(&key) {
                 if subscribed.len() >= 64 {
-                    return Err(CollabError::too_large("at most 64 subscriptions per socket"));
+                    return Err(CollabError::too_large(
+                        "at most 64 subscriptions per socket",
+                    ));
                 }
                 subscribed.push(key.clone());
             }
@@ -339,11 +352,18 @@ impl CollabSession {
         op_id: Option<&str>,
         body: Value,
     ) -> Result<(u64, bool), CollabError> {
-        self.collab.write(&self.actor, channel, object, op_id, body).await
+        self.collab
+            .write(&self.actor, channel, object, op_id, body)
+            .await
     }
 
     /// A droppable frame (cursor, typing) for the object's other subscribers.
-    pub fn volatile(&self, channel: Channel, object: &ObjectName, body: Value) -> Result<(), CollabError> {
+    pub fn volatile(
+        &self,
+        channel: Channel,
+        object: &ObjectName,
+        body: Value,
+    ) -> Result<(), CollabError> {
         check_envelope(None, &body, true)?;
         let key = key_for(&self.actor, channel, object);
         if !self.collab.objects.is_subscribed(&key, self.id) {
@@ -357,11 +377,18 @@ impl CollabSession {
                 "your access does not let you write to {channel}"
             )));
         }
-        self.collab.objects.volatile(&self.actor, &key, self.id, body);
+        self.collab
+            .objects
+            .volatile(&self.actor, &key, self.id, body);
         Ok(())
     }
 
-    pub async fn query(&self, channel: Channel, object: &ObjectName, body: Value) -> Result<Value, CollabError> {
+    pub async fn query(
+        &self,
+        channel: Channel,
+        object: &ObjectName,
+        body: Value,
+    ) -> Result<Value, CollabError> {
         if !self.actor.access.can_read(channel) {
             return Err(CollabError::not_allowed(format!(
                 "your access does not let you read {channel}"

@@ -7,12 +7,12 @@ use ting_protocol::collab::{Channel, ObjectName};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::Collab;
 use crate::drop::{self, FileInfo};
 use crate::files::{FileError, file_path};
 use crate::model::{Actor, CollabError};
 use crate::service::now_ms;
 use crate::store::{AuditEntry, ObjectKey};
-use crate::Collab;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -70,8 +70,14 @@ pub(crate) async fn remove_file(
     {
         warn!(file = %file.id, "file removal not announced: {e}");
     }
-    let detail = format!("{} ({}, {} bytes, sha256 {})", file.id, file.name, file.size, file.sha256);
-    collab.store().audit(room, now_ms(), actor, action, &detail).await?;
+    let detail = format!(
+        "{} ({}, {} bytes, sha256 {})",
+        file.id, file.name, file.size, file.sha256
+    );
+    collab
+        .store()
+        .audit(room, now_ms(), actor, action, &detail)
+        .await?;
     Ok(())
 }
 
@@ -87,7 +93,9 @@ impl Collab {
             return Err(CollabError::not_allowed("only moderators set retention"));
         }
         if keep_days.is_some_and(|d| d == 0 || d > MAX_KEEP_DAYS) {
-            return Err(CollabError::bad(format!("keep 1-{MAX_KEEP_DAYS} days, or keep all")));
+            return Err(CollabError::bad(format!(
+                "keep 1-{MAX_KEEP_DAYS} days, or keep all"
+            )));
         }
         let now = now_ms();
         let store = self.store();
@@ -134,7 +142,11 @@ impl Collab {
                 report.files += 1;
             }
         }
-        report.log_events = self.store().prune_events(room, cutoff).await.map_err(unavailable)?;
+        report.log_events = self
+            .store()
+            .prune_events(room, cutoff)
+            .await
+            .map_err(unavailable)?;
         if report != RetentionReport::default() {
             let detail = format!(
                 "{} messages, {} files, {} log events older than {keep_days} days",
@@ -144,14 +156,23 @@ impl Collab {
                 .audit(room, now_ms, "retention", "retention applied", &detail)
                 .await
                 .map_err(unavailable)?;
-            info!(room, messages = report.messages, files = report.files, "retention applied");
+            info!(
+                room,
+                messages = report.messages,
+                files = report.files,
+                "retention applied"
+            );
         }
         Ok(report)
     }
 
     /// Records a moderator action of the meeting (mute, remove, lock…) in the room's audit log.
     pub async fn audit(&self, room: &str, actor: &str, action: &str, detail: &str) {
-        if let Err(e) = self.store().audit(room, now_ms(), actor, action, detail).await {
+        if let Err(e) = self
+            .store()
+            .audit(room, now_ms(), actor, action, detail)
+            .await
+        {
             warn!(room, action, "audit entry not stored: {e}");
         }
     }
@@ -159,7 +180,9 @@ impl Collab {
     /// The room's audit log, for moderators.
     pub async fn audit_log(&self, actor: &Actor) -> Result<Vec<AuditEntry>, CollabError> {
         if !actor.moderator {
-            return Err(CollabError::not_allowed("only moderators read the audit log"));
+            return Err(CollabError::not_allowed(
+                "only moderators read the audit log",
+            ));
         }
         self.store()
             .audit_log(&actor.room)

@@ -122,7 +122,12 @@ impl Objects {
 
     /// Applies the stored events after `live.seq` (written by this node before a restart, or
     /// by other nodes), telling subscribers when `broadcast`.
-    async fn replay(&self, key: &ObjectKey, live: &mut Live, broadcast: bool) -> Result<(), StoreError> {
+    async fn replay(
+        &self,
+        key: &ObjectKey,
+        live: &mut Live,
+        broadcast: bool,
+    ) -> Result<(), StoreError> {
         loop {
             let events = self.store.events_after(key, live.seq, 1000).await?;
             if events.is_empty() {
@@ -215,7 +220,10 @@ impl Objects {
                 },
                 body.clone(),
             )?;
-            match self.commit(key, live, seq, now, &author, op_id, event_body).await {
+            match self
+                .commit(key, live, seq, now, &author, op_id, event_body)
+                .await
+            {
                 Ok(()) => return Ok((seq, false)),
                 Err(StoreError::Conflict) => {
                     // Another node stored this seq first: catch up, decide again.
@@ -224,7 +232,9 @@ impl Objects {
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        Err(CollabError::unavailable("too many concurrent writes; retry"))
+        Err(CollabError::unavailable(
+            "too many concurrent writes; retry",
+        ))
     }
 
     /// A write made by the server itself (file drop announcements, retention).
@@ -240,7 +250,10 @@ impl Objects {
                 return Err(CollabError::unavailable("object not loaded"));
             };
             let seq = live.seq + 1;
-            match self.commit(key, live, seq, now_ms(), author, None, event_body.clone()).await {
+            match self
+                .commit(key, live, seq, now_ms(), author, None, event_body.clone())
+                .await
+            {
                 Ok(()) => return Ok(seq),
                 Err(StoreError::Conflict) => {
                     self.replay(key, live, true).await.map_err(unavailable)?;
@@ -248,7 +261,9 @@ impl Objects {
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        Err(CollabError::unavailable("too many concurrent writes; retry"))
+        Err(CollabError::unavailable(
+            "too many concurrent writes; retry",
+        ))
     }
 
     /// Stores, applies and announces one event.
@@ -333,7 +348,11 @@ impl Objects {
             Some(since) if since < live.seq && live.seq - since <= MAX_CATCH_UP_EVENTS => {
                 let events = self
                     .store
-                    .events_after(key, since, u32::try_from(live.seq - since).unwrap_or(u32::MAX))
+                    .events_after(
+                        key,
+                        since,
+                        u32::try_from(live.seq - since).unwrap_or(u32::MAX),
+                    )
                     .await
                     .map_err(unavailable)?;
                 // Complete only if the log still holds every event after `since`.
@@ -402,7 +421,12 @@ impl Objects {
         self.broadcast(key, message, Some(from));
     }
 
-    pub(crate) async fn query(&self, actor: &Actor, key: &ObjectKey, body: Value) -> Result<Value, CollabError> {
+    pub(crate) async fn query(
+        &self,
+        actor: &Actor,
+        key: &ObjectKey,
+        body: Value,
+    ) -> Result<Value, CollabError> {
         let guard = self.lock(key).await?;
         match guard.as_ref() {
             Some(live) => live.state.query(actor, body),
@@ -425,7 +449,11 @@ impl Objects {
 
     /// Retention on one object: drops expired items and stores a fresh snapshot, so the log
     /// before `cutoff_ms` can go. Returns how many items went.
-    pub(crate) async fn expire(&self, key: &ObjectKey, cutoff_ms: i64) -> Result<usize, CollabError> {
+    pub(crate) async fn expire(
+        &self,
+        key: &ObjectKey,
+        cutoff_ms: i64,
+    ) -> Result<usize, CollabError> {
         let mut guard = self.lock(key).await?;
         let Some(live) = guard.as_mut() else {
             return Err(CollabError::unavailable("object not loaded"));
@@ -461,12 +489,24 @@ fn event_message(key: &ObjectKey, event: &StoredEvent, body: Value) -> ServerMes
 }
 
 /// Checks an envelope's size and op id before anything else looks at it.
-pub(crate) fn check_envelope(op_id: Option<&str>, body: &Value, volatile: bool) -> Result<(), CollabError> {
+pub(crate) fn check_envelope(
+    op_id: Option<&str>,
+    body: &Value,
+    volatile: bool,
+) -> Result<(), CollabError> {
     if op_id.is_some_and(|o| o.is_empty() || o.len() > MAX_OP_ID_BYTES) {
-        return Err(CollabError::bad(format!("op_id is 1-{MAX_OP_ID_BYTES} bytes")));
+        return Err(CollabError::bad(format!(
+            "op_id is 1-{MAX_OP_ID_BYTES} bytes"
+        )));
     }
-    let limit = if volatile { MAX_VOLATILE_BYTES } else { MAX_COLLAB_BODY_BYTES };
-    let size = serde_json::to_string(body).map(|s| s.len()).unwrap_or(usize::MAX);
+    let limit = if volatile {
+        MAX_VOLATILE_BYTES
+    } else {
+        MAX_COLLAB_BODY_BYTES
+    };
+    let size = serde_json::to_string(body)
+        .map(|s| s.len())
+        .unwrap_or(usize::MAX);
     if size > limit {
         return Err(CollabError::new(
             CollabErrorCode::TooLarge,

@@ -77,7 +77,11 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.postgres { "Store(postgres)" } else { "Store(sqlite)" })
+        f.write_str(if self.postgres {
+            "Store(postgres)"
+        } else {
+            "Store(sqlite)"
+        })
     }
 }
 
@@ -247,12 +251,14 @@ impl Store {
         body: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM collab_snapshots WHERE room = $1 AND channel = $2 AND object = $3")
-            .bind(&key.room)
-            .bind(key.channel.as_str())
-            .bind(key.name.as_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM collab_snapshots WHERE room = $1 AND channel = $2 AND object = $3",
+        )
+        .bind(&key.room)
+        .bind(key.channel.as_str())
+        .bind(key.name.as_str())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO collab_snapshots (room, channel, object, seq, body) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -414,7 +420,12 @@ impl Store {
     }
 
     /// Turns a finished upload into a file, in one transaction.
-    pub async fn complete_upload(&self, upload_id: &str, file: &FileInfo, room: &str) -> Result<(), StoreError> {
+    pub async fn complete_upload(
+        &self,
+        upload_id: &str,
+        file: &FileInfo,
+        room: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM collab_uploads WHERE id = $1")
             .bind(upload_id)

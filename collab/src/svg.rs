@@ -64,7 +64,11 @@ fn points(e: &Element) -> String {
 pub type Images = HashMap<String, (String, Vec<u8>)>;
 
 pub fn render_svg(scene: &WhiteboardState, images: &Images) -> String {
-    let visible: Vec<&Element> = scene.ordered().into_iter().filter(|e| !e.is_deleted).collect();
+    let visible: Vec<&Element> = scene
+        .ordered()
+        .into_iter()
+        .filter(|e| !e.is_deleted)
+        .collect();
     let (x, y, w, h) = bounds(&visible);
     let mut svg = String::new();
     let _ = write!(
@@ -72,39 +76,92 @@ pub fn render_svg(scene: &WhiteboardState, images: &Images) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="{x:.1} {y:.1} {w:.1} {h:.1}" width="{w:.0}" height="{h:.0}">"#
     );
     svg.push_str(r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="8" markerHeight="8" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="context-stroke"/></marker></defs>"##);
-    let _ = write!(svg, r#"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="white"/>"#);
+    let _ = write!(
+        svg,
+        r#"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="white"/>"#
+    );
     for e in visible {
-        let stroke = format!(r#"stroke="{}" stroke-width="{:.1}""#, e.stroke, e.stroke_width);
+        let stroke = format!(
+            r#"stroke="{}" stroke-width="{:.1}""#,
+            e.stroke, e.stroke_width
+        );
         let style = format!(r#"{stroke} fill="{}""#, e.fill);
         let (cx, cy) = (e.x + e.width / 2.0, e.y + e.height / 2.0);
         let rotate = if e.angle != 0.0 {
-            format!(r#" transform="rotate({:.2} {cx:.1} {cy:.1})""#, e.angle.to_degrees())
+            format!(
+                r#" transform="rotate({:.2} {cx:.1} {cy:.1})""#,
+                e.angle.to_degrees()
+            )
         } else {
             String::new()
         };
         match e.kind {
             ElementKind::Rectangle => {
-                let _ = write!(svg, r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" {style}{rotate}/>"#, e.x, e.y, e.width, e.height);
+                let _ = write!(
+                    svg,
+                    r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" {style}{rotate}/>"#,
+                    e.x, e.y, e.width, e.height
+                );
             }
             ElementKind::Ellipse => {
-                let _ = write!(svg, r#"<ellipse cx="{cx:.1}" cy="{cy:.1}" rx="{:.1}" ry="{:.1}" {style}{rotate}/>"#, e.width.abs() / 2.0, e.height.abs() / 2.0);
+                let _ = write!(
+                    svg,
+                    r#"<ellipse cx="{cx:.1}" cy="{cy:.1}" rx="{:.1}" ry="{:.1}" {style}{rotate}/>"#,
+                    e.width.abs() / 2.0,
+                    e.height.abs() / 2.0
+                );
             }
             ElementKind::Diamond => {
-                let _ = write!(svg, r#"<polygon points="{cx:.1},{:.1} {:.1},{cy:.1} {cx:.1},{:.1} {:.1},{cy:.1}" {style}{rotate}/>"#, e.y, e.x + e.width, e.y + e.height, e.x);
+                let _ = write!(
+                    svg,
+                    r#"<polygon points="{cx:.1},{:.1} {:.1},{cy:.1} {cx:.1},{:.1} {:.1},{cy:.1}" {style}{rotate}/>"#,
+                    e.y,
+                    e.x + e.width,
+                    e.y + e.height,
+                    e.x
+                );
             }
             ElementKind::Line | ElementKind::Freedraw => {
-                let _ = write!(svg, r#"<polyline points="{}" {stroke} fill="none" stroke-linecap="round" stroke-linejoin="round"{rotate}/>"#, points(e));
+                let _ = write!(
+                    svg,
+                    r#"<polyline points="{}" {stroke} fill="none" stroke-linecap="round" stroke-linejoin="round"{rotate}/>"#,
+                    points(e)
+                );
             }
             ElementKind::Arrow => {
-                let _ = write!(svg, r#"<polyline points="{}" {stroke} fill="none" marker-end="url(#arrow)"{rotate}/>"#, points(e));
+                let _ = write!(
+                    svg,
+                    r#"<polyline points="{}" {stroke} fill="none" marker-end="url(#arrow)"{rotate}/>"#,
+                    points(e)
+                );
             }
             ElementKind::Text | ElementKind::Sticky => {
                 if e.kind == ElementKind::Sticky {
-                    let _ = write!(svg, r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#fff3a0" stroke="#c9b458"{rotate}/>"##, e.x, e.y, e.width, e.height);
+                    let _ = write!(
+                        svg,
+                        r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#fff3a0" stroke="#c9b458"{rotate}/>"##,
+                        e.x, e.y, e.width, e.height
+                    );
                 }
-                let _ = write!(svg, r#"<text x="{:.1}" y="{:.1}" font-family="sans-serif" font-size="16" fill="{}"{rotate}>"#, e.x + 4.0, e.y + 18.0, if e.stroke == "transparent" { "#1e1e1e" } else { &e.stroke });
+                let _ = write!(
+                    svg,
+                    r#"<text x="{:.1}" y="{:.1}" font-family="sans-serif" font-size="16" fill="{}"{rotate}>"#,
+                    e.x + 4.0,
+                    e.y + 18.0,
+                    if e.stroke == "transparent" {
+                        "#1e1e1e"
+                    } else {
+                        &e.stroke
+                    }
+                );
                 for (i, line) in e.text.lines().enumerate() {
-                    let _ = write!(svg, r#"<tspan x="{:.1}" dy="{}">{}</tspan>"#, e.x + 4.0, if i == 0 { "0" } else { "1.2em" }, escape(line));
+                    let _ = write!(
+                        svg,
+                        r#"<tspan x="{:.1}" dy="{}">{}</tspan>"#,
+                        e.x + 4.0,
+                        if i == 0 { "0" } else { "1.2em" },
+                        escape(line)
+                    );
                 }
                 svg.push_str("</text>");
             }
@@ -113,10 +170,22 @@ pub fn render_svg(scene: &WhiteboardState, images: &Images) -> String {
                 match image {
                     Some((mime, bytes)) => {
                         let data = base64_encode(bytes);
-                        let _ = write!(svg, r#"<image x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" href="data:{};base64,{data}"{rotate}/>"#, e.x, e.y, e.width, e.height, escape(mime));
+                        let _ = write!(
+                            svg,
+                            r#"<image x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" href="data:{};base64,{data}"{rotate}/>"#,
+                            e.x,
+                            e.y,
+                            e.width,
+                            e.height,
+                            escape(mime)
+                        );
                     }
                     None => {
-                        let _ = write!(svg, r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#eeeeee" stroke="#999999"{rotate}/>"##, e.x, e.y, e.width, e.height);
+                        let _ = write!(
+                            svg,
+                            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#eeeeee" stroke="#999999"{rotate}/>"##,
+                            e.x, e.y, e.width, e.height
+                        );
                     }
                 }
             }
@@ -140,7 +209,8 @@ pub struct RenderError(String);
 pub fn render_png(svg: &str) -> Result<Vec<u8>, RenderError> {
     let mut options = resvg::usvg::Options::default();
     options.fontdb_mut().load_system_fonts();
-    let tree = resvg::usvg::Tree::from_str(svg, &options).map_err(|e| RenderError(e.to_string()))?;
+    let tree =
+        resvg::usvg::Tree::from_str(svg, &options).map_err(|e| RenderError(e.to_string()))?;
     let size = tree.size();
     let scale = (MAX_PNG_SIDE / f64::from(size.width().max(size.height()))).min(1.0) as f32;
     let width = ((size.width() * scale).ceil() as u32).max(1);
@@ -163,7 +233,13 @@ mod tests {
 
     #[test]
     fn a_scene_renders_to_svg_and_png() {
-        let ann = Actor { room: "r".into(), identity: "ann".into(), name: "Ann".into(), moderator: false, access: Access::full() };
+        let ann = Actor {
+            room: "r".into(),
+            identity: "ann".into(),
+            name: "Ann".into(),
+            moderator: false,
+            access: Access::full(),
+        };
         let mut scene = WhiteboardState::default();
         let body = scene.decide(Ctx { actor: &ann, now_ms: 0, seq: 1 }, json!({"op":"upsert","elements":[
             {"id":"r","type":"rectangle","version":1,"version_nonce":1,"x":0,"y":0,"width":100,"height":50,"fill":"#ff0000"},
@@ -171,7 +247,12 @@ mod tests {
             {"id":"a","type":"arrow","version":1,"version_nonce":1,"x":0,"y":100,"points":[[0,0],[200,40]]},
             {"id":"gone","type":"ellipse","version":1,"version_nonce":1,"is_deleted":true,"x":5000,"y":5000,"width":10,"height":10}
         ]})).unwrap();
-        scene.apply(Stored { seq: 1, at: 0, author: &ann.author(), body: &body });
+        scene.apply(Stored {
+            seq: 1,
+            at: 0,
+            author: &ann.author(),
+            body: &body,
+        });
         let svg = render_svg(&scene, &Images::new());
         assert!(svg.contains(r##"fill="#ff0000""##));
         assert!(svg.contains("&lt;script&gt;"), "text is escaped");

@@ -94,9 +94,7 @@ pub fn wins(incoming: &Element, current: &Element) -> bool {
 
 fn is_colour(s: &str) -> bool {
     s == "transparent"
-        || (s.len() == 7
-            && s.starts_with('#')
-            && s[1..].bytes().all(|b| b.is_ascii_hexdigit()))
+        || (s.len() == 7 && s.starts_with('#') && s[1..].bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 impl Element {
@@ -110,14 +108,23 @@ impl Element {
         if !id_ok {
             return Err(CollabError::bad("element ids are 1-64 of A-Z a-z 0-9 - _"));
         }
-        let numbers = [self.x, self.y, self.width, self.height, self.angle, self.stroke_width];
+        let numbers = [
+            self.x,
+            self.y,
+            self.width,
+            self.height,
+            self.angle,
+            self.stroke_width,
+        ];
         let finite = numbers.iter().all(|n| n.is_finite() && n.abs() < 1e7)
             && self
                 .points
                 .iter()
                 .all(|p| p.iter().all(|n| n.is_finite() && n.abs() < 1e7));
         if !finite {
-            return Err(CollabError::bad("coordinates must be finite and within ±1e7"));
+            return Err(CollabError::bad(
+                "coordinates must be finite and within ±1e7",
+            ));
         }
         if self.points.len() > MAX_POINTS {
             return Err(CollabError::too_large(format!(
@@ -362,19 +369,31 @@ mod tests {
 
     impl Board {
         fn new() -> Self {
-            Self { state: WhiteboardState::default(), seq: 0 }
+            Self {
+                state: WhiteboardState::default(),
+                seq: 0,
+            }
         }
 
         fn write(&mut self, who: &Actor, command: Value) -> Result<Value, CollabError> {
             self.seq += 1;
-            let ctx = Ctx { actor: who, now_ms: 0, seq: self.seq };
+            let ctx = Ctx {
+                actor: who,
+                now_ms: 0,
+                seq: self.seq,
+            };
             let body = self.state.decide(ctx, command)?;
             self.apply(&who.author(), &body);
             Ok(body)
         }
 
         fn apply(&mut self, author: &Author, body: &Value) {
-            self.state.apply(Stored { seq: self.seq, at: 0, author, body });
+            self.state.apply(Stored {
+                seq: self.seq,
+                at: 0,
+                author,
+                body,
+            });
         }
 
         fn x(&self, id: &str) -> f64 {
@@ -386,16 +405,41 @@ mod tests {
     fn higher_version_wins_and_ties_go_to_the_lower_nonce() {
         let ann = actor("ann");
         let mut board = Board::new();
-        board.write(&ann, json!({"op":"upsert","elements":[rect("a", 1, 50, 0.0)]})).unwrap();
-        board.write(&ann, json!({"op":"upsert","elements":[rect("a", 3, 50, 3.0)]})).unwrap();
+        board
+            .write(
+                &ann,
+                json!({"op":"upsert","elements":[rect("a", 1, 50, 0.0)]}),
+            )
+            .unwrap();
+        board
+            .write(
+                &ann,
+                json!({"op":"upsert","elements":[rect("a", 3, 50, 3.0)]}),
+            )
+            .unwrap();
         // An older version arriving late is ignored.
-        let late = board.write(&ann, json!({"op":"upsert","elements":[rect("a", 2, 1, 2.0)]})).unwrap();
+        let late = board
+            .write(
+                &ann,
+                json!({"op":"upsert","elements":[rect("a", 2, 1, 2.0)]}),
+            )
+            .unwrap();
         assert_eq!(late["elements"].as_array().map(Vec::len), Some(0));
         assert_eq!(board.x("a"), 3.0);
         // Same version: the lower nonce wins, the higher loses.
-        board.write(&ann, json!({"op":"upsert","elements":[rect("a", 3, 60, 9.0)]})).unwrap();
+        board
+            .write(
+                &ann,
+                json!({"op":"upsert","elements":[rect("a", 3, 60, 9.0)]}),
+            )
+            .unwrap();
         assert_eq!(board.x("a"), 3.0);
-        board.write(&ann, json!({"op":"upsert","elements":[rect("a", 3, 10, 4.0)]})).unwrap();
+        board
+            .write(
+                &ann,
+                json!({"op":"upsert","elements":[rect("a", 3, 10, 4.0)]}),
+            )
+            .unwrap();
         assert_eq!(board.x("a"), 4.0);
     }
 
@@ -409,7 +453,9 @@ mod tests {
                 let id = format!("e{}", rng.random_range(0..5));
                 // Versions collide often; a nonce is unique per edit, as random nonces are.
                 let nonce = rng.random_range(0..4) * 1000 + i;
-                let mut e: Element = serde_json::from_value(rect(&id, rng.random_range(1..5), nonce, i as f64)).unwrap();
+                let mut e: Element =
+                    serde_json::from_value(rect(&id, rng.random_range(1..5), nonce, i as f64))
+                        .unwrap();
                 e.is_deleted = rng.random_bool(0.2);
                 edits.push(e);
             }
@@ -444,7 +490,10 @@ mod tests {
             (ann.clone(), rect("a", 2, 7, 1.0)),
             (bob.clone(), rect("a", 2, 3, 2.0)),
             (bob.clone(), rect("b", 1, 3, 5.0)),
-            (ann.clone(), json!({"id":"b","type":"rectangle","version":2,"version_nonce":9,"is_deleted":true})),
+            (
+                ann.clone(),
+                json!({"id":"b","type":"rectangle","version":2,"version_nonce":9,"is_deleted":true}),
+            ),
             (ann.clone(), rect("a", 1, 0, 9.0)),
         ];
         let mut scenes = Vec::new();
@@ -454,14 +503,23 @@ mod tests {
             order.shuffle(&mut rng);
             let mut board = Board::new();
             for (who, element) in order {
-                board.write(&who, json!({"op":"upsert","elements":[element]})).unwrap();
+                board
+                    .write(&who, json!({"op":"upsert","elements":[element]}))
+                    .unwrap();
             }
-            let scene: Vec<(String, u64, u32, f64, bool)> = board.state.canonical().values()
-                .map(|e| (e.id.clone(), e.version, e.version_nonce, e.x, e.is_deleted)).collect();
+            let scene: Vec<(String, u64, u32, f64, bool)> = board
+                .state
+                .canonical()
+                .values()
+                .map(|e| (e.id.clone(), e.version, e.version_nonce, e.x, e.is_deleted))
+                .collect();
             scenes.push(scene);
         }
         assert!(scenes.windows(2).all(|w| w[0] == w[1]));
-        assert_eq!(scenes[0][0].3, 2.0, "tie on version 2: nonce 3 beats nonce 7");
+        assert_eq!(
+            scenes[0][0].3, 2.0,
+            "tie on version 2: nonce 3 beats nonce 7"
+        );
         assert!(scenes[0][1].4, "b stays deleted (a tombstone)");
     }
 
@@ -469,9 +527,24 @@ mod tests {
     fn undo_and_redo_touch_only_your_own_changes() {
         let (ann, bob) = (actor("ann"), actor("bob"));
         let mut board = Board::new();
-        board.write(&ann, json!({"op":"upsert","elements":[rect("a", 1, 1, 0.0)]})).unwrap();
-        board.write(&bob, json!({"op":"upsert","elements":[rect("b", 1, 1, 0.0)]})).unwrap();
-        board.write(&ann, json!({"op":"upsert","elements":[rect("a", 2, 1, 5.0)]})).unwrap();
+        board
+            .write(
+                &ann,
+                json!({"op":"upsert","elements":[rect("a", 1, 1, 0.0)]}),
+            )
+            .unwrap();
+        board
+            .write(
+                &bob,
+                json!({"op":"upsert","elements":[rect("b", 1, 1, 0.0)]}),
+            )
+            .unwrap();
+        board
+            .write(
+                &ann,
+                json!({"op":"upsert","elements":[rect("a", 2, 1, 5.0)]}),
+            )
+            .unwrap();
         // Ann's undo moves her rectangle back; Bob's stays.
         board.write(&ann, json!({"op":"undo"})).unwrap();
         assert_eq!(board.x("a"), 0.0);
@@ -483,11 +556,24 @@ mod tests {
         board.write(&ann, json!({"op":"undo"})).unwrap();
         board.write(&ann, json!({"op":"undo"})).unwrap();
         assert!(board.state.element("a").unwrap().is_deleted);
-        assert!(board.write(&ann, json!({"op":"undo"})).is_err(), "nothing left to undo");
+        assert!(
+            board.write(&ann, json!({"op":"undo"})).is_err(),
+            "nothing left to undo"
+        );
         // Bob moved his element after... Ann's undo never reverts an element Bob changed since.
         let mut board = Board::new();
-        board.write(&ann, json!({"op":"upsert","elements":[rect("s", 1, 1, 0.0)]})).unwrap();
-        board.write(&bob, json!({"op":"upsert","elements":[rect("s", 2, 1, 7.0)]})).unwrap();
+        board
+            .write(
+                &ann,
+                json!({"op":"upsert","elements":[rect("s", 1, 1, 0.0)]}),
+            )
+            .unwrap();
+        board
+            .write(
+                &bob,
+                json!({"op":"upsert","elements":[rect("s", 2, 1, 7.0)]}),
+            )
+            .unwrap();
         let undone = board.write(&ann, json!({"op":"undo"})).unwrap();
         assert_eq!(undone["elements"].as_array().map(Vec::len), Some(0));
         assert_eq!(board.x("s"), 7.0);
@@ -505,7 +591,12 @@ mod tests {
             json!({"id":"a","type":"image","version":1,"version_nonce":1}),
             json!({"id":"a","type":"rectangle","version":1,"version_nonce":1,"script":"x"}),
         ] {
-            assert!(board.write(&ann, json!({"op":"upsert","elements":[bad.clone()]})).is_err(), "{bad}");
+            assert!(
+                board
+                    .write(&ann, json!({"op":"upsert","elements":[bad.clone()]}))
+                    .is_err(),
+                "{bad}"
+            );
         }
         assert!(board.state.is_empty());
     }

@@ -104,6 +104,9 @@ pub enum ClientMessage {
     Admit { participant_id: ParticipantId },
     /// Moderation: turn a participant in the lobby away.
     Deny { participant_id: ParticipantId },
+    /// Instead of `join`: a socket for the collaboration add-ons only (team chat rooms and
+    /// boards outside a meeting). No roster, no media; answered by `collab_joined`.
+    CollabJoin { version: u32, token: String },
     /// Follow a collab object. With `since` (the last `seq` the client saw) the server sends
     /// exactly the events after it; without it, or when they are no longer kept, a snapshot.
     /// Then `collab_synced`.
@@ -270,6 +273,13 @@ pub enum ServerMessage {
     /// The server ends this session; the socket closes right after.
     Bye {
         reason: LeaveReason,
+    },
+    /// Answer to `collab_join`.
+    CollabJoined {
+        room: RoomId,
+        identity: String,
+        name: String,
+        moderator: bool,
     },
     /// An event of a collab object the client follows.
     Collab(CollabEvent),

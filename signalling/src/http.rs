@@ -38,6 +38,7 @@ pub fn app(hub: Hub) -> Router {
         .route("/whep/{room}", post(whep_post))
         .route("/whip/{room}/{session}", delete(session_delete))
         .route("/whep/{room}/{session}", delete(session_delete))
+        .merge(crate::collab_http::routes())
         .fallback(get(static_file))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
         .with_state(state)

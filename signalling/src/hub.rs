@@ -105,6 +105,8 @@ struct Inner {
     sessions: TaskTracker,
     /// Cluster mode: placement of new participants and the directory of who is here.
     cluster: Option<ClusterLink>,
+    /// Chat, whiteboards, boards and files, when this node has a database for them.
+    collab: std::sync::OnceLock<ting_collab::Collab>,
 }
 
 impl Hub {
@@ -132,6 +134,7 @@ impl Hub {
             next_track: AtomicU64::new(first_participant),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            collab: std::sync::OnceLock::new(),
         }));
         if let Some(links) = hub.0.sfu.links() {
             links.set_handler(Arc::new(hub.clone()));
@@ -141,6 +144,15 @@ impl Hub {
 
     pub fn config(&self) -> &SignallingConfig {
         &self.0.config
+    }
+
+    /// Turns the collaboration add-ons on (once, at start).
+    pub fn set_collab(&self, collab: ting_collab::Collab) {
+        let _ = self.0.collab.set(collab);
+    }
+
+    pub fn collab(&self) -> Option<&ting_collab::Collab> {
+        self.0.collab.get()
     }
 
     pub fn keys(&self) -> &TokenKeys {
@@ -244,6 +256,12 @@ impl Hub {
             return Err(HubError::new(
                 ErrorCode::Unavailable,
                 "the server is shutting down",
+            ));
+        }
+        if claims.file.is_some() {
+            return Err(HubError::new(
+                ErrorCode::NotAllowed,
+                "a file download link cannot join a meeting",
             ));
         }
         let id = ParticipantId(self.0.next_participant.fetch_add(1, Ordering::Relaxed));

@@ -7,6 +7,8 @@
 //! under the hub's mutex, and no lock is held across an await.
 
 pub mod cluster;
+mod collab_http;
+mod collab_ws;
 mod http;
 mod hub;
 mod media;

@@ -10,9 +10,13 @@ use ting_protocol::{
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info_span};
 
+use ting_collab::CollabSession;
+
 use crate::cluster::websocket_url;
+use crate::collab_ws;
 use crate::hub::{Hub, HubError};
 use crate::rooms::OUTBOX_CAPACITY;
+use crate::token::Claims;
 
 /// Close codes (4000–4999 are for applications).
 const CLOSE_PROTOCOL: u16 = 4000;
@@ -39,18 +43,56 @@ where
             return;
         }
     };
-    let Ok(Some((participant, generation, outbox))) = joined else {
-        conn.close(CLOSE_PROTOCOL, "no join").await;
-        return;
+    let (participant, generation, outbox, claims) = match joined {
+        Ok(Some(Attached::Meeting {
+            participant,
+            generation,
+            outbox,
+            claims,
+        })) => (participant, generation, outbox, claims),
+        Ok(Some(Attached::CollabOnly(claims))) => {
+            let span = info_span!("collab_session", room = %claims.room);
+            conn.serve_collab_only(claims).instrument(span).await;
+            return;
+        }
+        _ => {
+            conn.close(CLOSE_PROTOCOL, "no join").await;
+            return;
+        }
     };
     let room = hub
         .room_of(participant)
         .map(|r| r.to_string())
         .unwrap_or_default();
     let span = info_span!("session", %room, participant = %participant);
-    conn.serve(participant, generation, outbox)
+    conn.serve(participant, generation, outbox, &claims)
         .instrument(span)
         .await;
+}
+
+/// What a socket became after its first message.
+enum Attached {
+    Meeting {
+        participant: ParticipantId,
+        generation: u64,
+        outbox: mpsc::Receiver<ServerMessage>,
+        claims: Claims,
+    },
+    CollabOnly(Claims),
+}
+
+/// Queued collab events per socket before it counts as lagging.
+const COLLAB_OUTBOX: usize = 1024;
+
+/// A socket's collab side: its session and the receiving end of its event queue.
+fn collab_session(
+    hub: &Hub,
+    claims: &Claims,
+) -> Option<(CollabSession, mpsc::Receiver<ServerMessage>)> {
+    let collab = hub.collab()?;
+    let actor = collab_ws::actor(claims).ok()?;
+    let (tx, rx) = mpsc::channel(COLLAB_OUTBOX);
+    Some((collab.session(actor, tx), rx))
 }
 
 struct Connection<Tx, Rx> {
@@ -127,13 +169,16 @@ where
     }
 
     /// Waits for a valid `join`; other messages get `not_joined`. Token problems end the socket.
-    async fn await_join(&mut self) -> Option<(ParticipantId, u64, mpsc::Receiver<ServerMessage>)> {
+    async fn await_join(&mut self) -> Option<Attached> {
         loop {
             let (version, token, room, resume) = match self.next().await {
                 Incoming::Gone => return None,
                 Incoming::Invalid(e) => {
                     self.send_error(e).await;
                     continue;
+                }
+                Incoming::Message(ClientMessage::CollabJoin { version, token }) => {
+                    return self.collab_join(version, &token).await;
                 }
                 Incoming::Message(ClientMessage::Join {
                     version,
@@ -178,7 +223,14 @@ where
                 None => self.hub.join(&claims, false, Some(outbox)).await,
             };
             match attached {
-                Ok((participant, generation)) => return Some((participant, generation, outbox_rx)),
+                Ok((participant, generation)) => {
+                    return Some(Attached::Meeting {
+                        participant,
+                        generation,
+                        outbox: outbox_rx,
+                        claims,
+                    });
+                }
                 Err(e) => {
                     self.send_error(e).await;
                     self.close(CLOSE_PROTOCOL, "join failed").await;
@@ -188,14 +240,136 @@ where
         }
     }
 
+    /// `collab_join`: checks version and token; the socket then serves collab only.
+    async fn collab_join(&mut self, version: u32, token: &str) -> Option<Attached> {
+        if version != PROTOCOL_VERSION {
+            let message = format!("this server speaks protocol version {PROTOCOL_VERSION}");
+            self.send_error(HubError::new(ErrorCode::UnsupportedVersion, message))
+                .await;
+            self.close(CLOSE_PROTOCOL, "unsupported version").await;
+            return None;
+        }
+        let claims = self
+            .hub
+            .keys()
+            .verify(token, None)
+            .map_err(|e| HubError::new(e.code(), e.to_string()))
+            .and_then(|claims| {
+                if claims.file.is_some() {
+                    return Err(HubError::new(
+                        ErrorCode::NotAllowed,
+                        "a file download link cannot open a session",
+                    ));
+                }
+                collab_ws::actor(&claims).map(|_| claims)
+            });
+        match claims {
+            Ok(claims) => Some(Attached::CollabOnly(claims)),
+            Err(e) => {
+                self.send_error(e).await;
+                self.close(CLOSE_TOKEN, "token rejected").await;
+                None
+            }
+        }
+    }
+
+    /// A collab-only socket: collab messages and pings until it closes.
+    async fn serve_collab_only(&mut self, claims: Claims) {
+        let Some((collab, mut events)) = collab_session(&self.hub, &claims) else {
+            self.send_error(HubError::new(
+                ErrorCode::Unavailable,
+                "collaboration is not enabled on this server",
+            ))
+            .await;
+            self.close(CLOSE_PROTOCOL, "no collab").await;
+            return;
+        };
+        let joined = ServerMessage::CollabJoined {
+            room: claims.room.clone(),
+            identity: claims.sub.clone(),
+            name: claims.name.clone(),
+            moderator: claims.role.moderates(),
+        };
+        if !self.send(&joined).await {
+            return;
+        }
+        let lagged = collab.lagged().clone();
+        loop {
+            tokio::select! {
+                Some(event) = events.recv() => {
+                    if !self.send(&event).await {
+                        return;
+                    }
+                }
+                _ = lagged.cancelled() => {
+                    self.close(CLOSE_PROTOCOL, "too slow").await;
+                    return;
+                }
+                incoming = self.next() => match incoming {
+                    Incoming::Gone => return,
+                    Incoming::Invalid(e) => {
+                        self.send_error(e).await;
+                    }
+                    Incoming::Message(ClientMessage::Ping { nonce }) => {
+                        self.send(&ServerMessage::Pong { nonce }).await;
+                    }
+                    Incoming::Message(ClientMessage::Leave {}) => {
+                        self.close(1000, "bye").await;
+                        return;
+                    }
+                    Incoming::Message(message) => {
+                        match collab_ws::handle(&collab, message).await {
+                            Some(Some(reply)) => {
+                                self.send(&reply).await;
+                            }
+                            Some(None) => {}
+                            None => {
+                                self.send_error(HubError::new(
+                                    ErrorCode::NotAllowed,
+                                    "this socket joined for collaboration only",
+                                ))
+                                .await;
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+
     async fn serve(
         &mut self,
         participant: ParticipantId,
         generation: u64,
         mut outbox: mpsc::Receiver<ServerMessage>,
+        claims: &Claims,
     ) {
+        let (collab, mut collab_events) = match collab_session(&self.hub, claims) {
+            Some((session, events)) => (Some(session), Some(events)),
+            None => (None, None),
+        };
+        let lagged = collab
+            .as_ref()
+            .map(|c| c.lagged().clone())
+            .unwrap_or_default();
         loop {
             tokio::select! {
+                Some(event) = async { match collab_events.as_mut() {
+                    Some(events) => events.recv().await,
+                    None => std::future::pending().await,
+                } } => {
+                    if !self.send(&event).await {
+                        self.hub.socket_lost(participant, generation);
+                        return;
+                    }
+                }
+                _ = lagged.cancelled() => {
+                    // A stored collab event could not be queued: the client reconnects (and
+                    // resumes) and catches up by sequence.
+                    self.close(CLOSE_PROTOCOL, "too slow").await;
+                    self.hub.socket_lost(participant, generation);
+                    return;
+                }
                 out = outbox.recv() => {
                     let Some(message) = out else {
                         // The hub dropped our outbox: this client fell too far behind.
@@ -222,6 +396,15 @@ where
                     }
                     Incoming::Invalid(e) => {
                         self.send_error(e).await;
+                    }
+                    Incoming::Message(message) if collab_ws::is_collab(&message) => {
+                        let reply = match &collab {
+                            Some(session) => collab_ws::handle(session, message).await.flatten(),
+                            None => collab_ws::disabled(&message),
+                        };
+                        if let Some(reply) = reply {
+                            self.send(&reply).await;
+                        }
                     }
                     Incoming::Message(message) => {
                         if let Err(e) = self.handle(participant, message).await {
@@ -307,6 +490,15 @@ where
                 .update_room(participant, locked, lobby, allow_self_unmute),
             ClientMessage::Admit { participant_id } => self.hub.admit(participant, participant_id),
             ClientMessage::Deny { participant_id } => self.hub.deny(participant, participant_id),
+            ClientMessage::CollabJoin { .. } => Err(HubError::new(
+                ErrorCode::AlreadyJoined,
+                "this socket has already joined",
+            )),
+            // Routed before `handle`.
+            ClientMessage::CollabSubscribe { .. }
+            | ClientMessage::CollabUnsubscribe { .. }
+            | ClientMessage::Collab { .. }
+            | ClientMessage::CollabQuery { .. } => Ok(()),
         }
     }
 }

@@ -24,6 +24,15 @@ pub struct Claims {
     /// cluster its media goes to a node there when one has room.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// What a guest link grants in the collaboration add-ons (`chat`, `files:read`,
+    /// `board:write`…). Absent: everything a member of the room may (viewers: read all,
+    /// write chat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collab: Option<Vec<String>>,
+    /// A download link for this one file of the room's file drop, and nothing else: such a
+    /// token cannot join the meeting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -104,7 +113,32 @@ impl TokenKeys {
             exp: now + ttl.as_secs(),
             iat: Some(now),
             region,
+            collab: None,
+            file: None,
         })
+    }
+
+    /// An expiring download link for one file of `room`.
+    pub fn mint_file_link(
+        &self,
+        room: RoomId,
+        file: &str,
+        ttl: Duration,
+    ) -> Result<(String, u64), jsonwebtoken::errors::Error> {
+        let now = unix_now();
+        let exp = now + ttl.as_secs();
+        let token = self.sign(&Claims {
+            room,
+            sub: "file-link".to_owned(),
+            name: String::new(),
+            role: Role::Viewer,
+            exp,
+            iat: Some(now),
+            region: None,
+            collab: Some(vec!["files:read".to_owned()]),
+            file: Some(file.to_owned()),
+        })?;
+        Ok((token, exp))
     }
 
     pub fn sign(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
@@ -177,6 +211,8 @@ mod tests {
                 exp: unix_now() - 3600,
                 iat: None,
                 region: None,
+                collab: None,
+                file: None,
             })
             .unwrap_or_default();
         assert_eq!(keys.verify(&expired, None), Err(TokenError::Expired));
@@ -189,6 +225,8 @@ mod tests {
                 exp: unix_now() - 10,
                 iat: None,
                 region: None,
+                collab: None,
+                file: None,
             })
             .unwrap_or_default();
         assert_eq!(

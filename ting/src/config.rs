@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
+use ting_collab::{BlobConfig, FileLimits};
 use ting_protocol::NodeId;
 use ting_sfu::DEFAULT_MAX_SUBSCRIPTIONS;
 
@@ -89,6 +90,25 @@ pub struct ServeArgs {
     /// UDP port of the links to the other nodes (QUIC: media relay and remote media calls).
     #[arg(long, env = "TING_RELAY_PORT")]
     pub relay_port: Option<u16>,
+    /// Chat, boards, whiteboards and file metadata: `postgres://…` (needed in cluster mode)
+    /// or `sqlite://path`. Default: `ting.db` in the data directory.
+    #[arg(long, env = "TING_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// File drop contents in an S3-compatible bucket instead of `files/` in the data directory
+    /// (credentials from TING_S3_ACCESS_KEY_ID and TING_S3_SECRET_ACCESS_KEY).
+    #[arg(long, env = "TING_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// The S3 endpoint (MinIO, Ceph, Garage…); default AWS.
+    #[arg(long, env = "TING_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "TING_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Largest file in the file drop, in MiB (default 2048).
+    #[arg(long, env = "TING_MAX_FILE_MB")]
+    pub max_file_mb: Option<u64>,
+    /// File drop quota per room, in MiB (default 10240).
+    #[arg(long, env = "TING_ROOM_QUOTA_MB")]
+    pub room_quota_mb: Option<u64>,
 }
 
 /// The TOML file; every key is optional.
@@ -116,6 +136,12 @@ pub struct FileConfig {
     pub region: Option<String>,
     pub node_capacity: Option<u32>,
     pub relay_port: Option<u16>,
+    pub database_url: Option<String>,
+    pub s3_bucket: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub max_file_mb: Option<u64>,
+    pub room_quota_mb: Option<u64>,
 }
 
 impl FileConfig {
@@ -183,6 +209,16 @@ pub struct ServeConfig {
     pub shards: usize,
     /// `None`: the embedded default, a cluster of one with its state in memory.
     pub cluster: Option<ClusterConfig>,
+    /// `None`: no collaboration add-ons (a cluster without a shared database).
+    pub collab: Option<CollabSettings>,
+}
+
+/// Where collaboration data lives.
+#[derive(Debug, Clone)]
+pub struct CollabSettings {
+    pub database_url: String,
+    pub blobs: BlobConfig,
+    pub limits: FileLimits,
 }
 
 impl ServeConfig {
@@ -197,6 +233,7 @@ impl ServeConfig {
         let data_dir = resolve_data_dir(&args.common, &file);
         let token_secret = resolve_secret(&args.common, &file, &data_dir)?;
         let cluster = resolve_cluster(args, &file)?;
+        let collab = resolve_collab(args, &file, &data_dir, cluster.is_some())?;
         anyhow::ensure!(
             roles == Roles::ALL || cluster.is_some(),
             "`ting sfu` and `ting signalling` are cluster roles: give --redis and --node-id \
@@ -205,6 +242,7 @@ impl ServeConfig {
         Ok(Self {
             roles,
             cluster,
+            collab,
             token_secret,
             http_port: args
                 .http_port
@@ -242,6 +280,68 @@ impl ServeConfig {
             data_dir,
         })
     }
+}
+
+fn resolve_collab(
+    args: &ServeArgs,
+    file: &FileConfig,
+    data_dir: &Path,
+    clustered: bool,
+) -> anyhow::Result<Option<CollabSettings>> {
+    let database_url = match args
+        .database_url
+        .clone()
+        .or_else(|| file.database_url.clone())
+    {
+        Some(url) => url,
+        // Nodes of a cluster must share one database; a private SQLite file would split it.
+        None if clustered => return Ok(None),
+        None => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+            format!("sqlite://{}", data_dir.join("ting.db").display())
+        }
+    };
+    anyhow::ensure!(
+        database_url.starts_with("sqlite:") || database_url.starts_with("postgres"),
+        "--database-url must be sqlite://… or postgres://…"
+    );
+    let blobs = match args.s3_bucket.clone().or_else(|| file.s3_bucket.clone()) {
+        Some(bucket) => BlobConfig::S3 {
+            bucket,
+            endpoint: args
+                .s3_endpoint
+                .clone()
+                .or_else(|| file.s3_endpoint.clone()),
+            region: args
+                .s3_region
+                .clone()
+                .or_else(|| file.s3_region.clone())
+                .unwrap_or_else(|| "us-east-1".into()),
+            access_key_id: std::env::var("TING_S3_ACCESS_KEY_ID")
+                .context("--s3-bucket needs TING_S3_ACCESS_KEY_ID")?,
+            secret_access_key: std::env::var("TING_S3_SECRET_ACCESS_KEY")
+                .context("--s3-bucket needs TING_S3_SECRET_ACCESS_KEY")?,
+        },
+        None => BlobConfig::Local(data_dir.join("files")),
+    };
+    let defaults = FileLimits::default();
+    let mib = |n: u64| n.saturating_mul(1 << 20);
+    Ok(Some(CollabSettings {
+        database_url,
+        blobs,
+        limits: FileLimits {
+            max_file_bytes: args
+                .max_file_mb
+                .or(file.max_file_mb)
+                .map_or(defaults.max_file_bytes, mib),
+            room_quota_bytes: args
+                .room_quota_mb
+                .or(file.room_quota_mb)
+                .map_or(defaults.room_quota_bytes, mib),
+            ..defaults
+        },
+    }))
 }
 
 fn resolve_cluster(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Option<ClusterConfig>> {

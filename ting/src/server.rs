@@ -244,6 +244,29 @@ pub async fn start(
         registry,
         link,
     )?;
+    if let Some(settings) = &config.collab {
+        let fanout = config.cluster.as_ref().map(|c| ting_collab::FanoutConfig {
+            redis_url: c.redis_url.clone(),
+            prefix: format!("{}:", c.key_prefix),
+            node: c.node_id.to_string(),
+        });
+        let collab = ting_collab::Collab::start(
+            ting_collab::CollabConfig {
+                database_url: settings.database_url.clone(),
+                blobs: settings.blobs.clone(),
+                limits: settings.limits,
+                fanout,
+            },
+            hub.shutdown_token().clone(),
+        )
+        .await
+        .context("starting the collaboration store")?;
+        hub.set_collab(collab);
+    } else {
+        tracing::warn!(
+            "collaboration add-ons are off: a cluster needs --database-url postgres://…"
+        );
+    }
     tokio::spawn(ting_signalling::pump_sfu_events(hub.clone(), events));
     let heartbeats = membership.map(|m| m.spawn_heartbeats(stopped, directory.clone()));
     let task = tokio::spawn(async move {

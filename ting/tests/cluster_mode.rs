@@ -173,6 +173,7 @@ async fn a_node_that_cannot_reach_redis_does_not_start() {
         max_subscriptions: ting_sfu::DEFAULT_MAX_SUBSCRIPTIONS,
         shards: 1,
         cluster: Some(config),
+        collab: None,
     };
     let error = ting::server::start(serve, std::future::pending())
         .await

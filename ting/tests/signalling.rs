@@ -107,6 +107,8 @@ async fn bad_tokens_are_refused_with_clear_codes() {
             exp: ting_signalling::token::unix_now() - 600,
             iat: None,
             region: None,
+            collab: None,
+            file: None,
         })
         .unwrap();
     join_fails(&server, join(&expired, None), ErrorCode::TokenExpired).await;

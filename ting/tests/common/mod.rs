@@ -48,7 +48,7 @@ pub struct TestServer {
     pub shard_media: Vec<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: TempDir,
+    dir: Option<TempDir>,
 }
 
 pub struct TempDir(pub PathBuf);
@@ -91,7 +91,33 @@ impl TestServer {
         shards: usize,
         cluster: Option<ting::config::ClusterConfig>,
     ) -> Self {
-        let dir = temp_dir("server");
+        Self::start_full(resume_grace, shards, cluster, None, temp_dir("server")).await
+    }
+
+    /// A server with the collaboration add-ons on `database_url` (SQLite in `dir` when
+    /// `None`), keeping its data in `dir`.
+    pub async fn start_with_collab(database_url: Option<String>, dir: TempDir) -> Self {
+        let url =
+            database_url.unwrap_or_else(|| format!("sqlite://{}", dir.0.join("ting.db").display()));
+        let settings = ting::config::CollabSettings {
+            database_url: url,
+            blobs: ting_collab::BlobConfig::Local(dir.0.join("files")),
+            limits: ting_collab::FileLimits {
+                max_file_bytes: 4 << 20,
+                room_quota_bytes: 5 << 20,
+                ..ting_collab::FileLimits::default()
+            },
+        };
+        Self::start_full(Duration::from_secs(5), 1, None, Some(settings), dir).await
+    }
+
+    async fn start_full(
+        resume_grace: Duration,
+        shards: usize,
+        cluster: Option<ting::config::ClusterConfig>,
+        collab: Option<ting::config::CollabSettings>,
+        dir: TempDir,
+    ) -> Self {
         let config = ServeConfig {
             roles: ting::config::Roles::ALL,
             data_dir: dir.0.clone(),
@@ -107,6 +133,7 @@ impl TestServer {
             max_subscriptions: ting_sfu::DEFAULT_MAX_SUBSCRIPTIONS,
             shards,
             cluster,
+            collab,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let running = ting::server::start(config, async move {
@@ -126,7 +153,7 @@ impl TestServer {
             shard_media: running.media_addrs.clone(),
             stop: Some(stop),
             task: running.task,
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 
@@ -147,7 +174,12 @@ impl TestServer {
     }
 
     /// Triggers graceful shutdown and waits for the server to finish.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.stop_keeping_data().await;
+    }
+
+    /// Stops the server and hands back its data directory (for a restart on the same data).
+    pub async fn stop_keeping_data(mut self) -> TempDir {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -156,6 +188,7 @@ impl TestServer {
             .expect("server stops within 10 s")
             .unwrap()
             .unwrap();
+        self.dir.take().expect("a server has its data directory")
     }
 }
 

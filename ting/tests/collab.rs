@@ -1,0 +1,769 @@
+//! Collaboration over a real WebSocket and HTTP against a real server, on SQLite and on
+//! PostgreSQL: catch-up by sequence, idempotent writes, restarts, the tus file drop, links,
+//! and bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use common::{Client, TempDir, TestServer, keys, temp_dir};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use ting_protocol::collab::{Channel, CollabErrorCode, ObjectName};
+use ting_protocol::{ClientMessage, PROTOCOL_VERSION, Role, RoomId, ServerMessage};
+use ting_signalling::Claims;
+
+/// `None`: SQLite in the server's data directory.
+type Db = Option<String>;
+
+fn postgres() -> Db {
+    Some(
+        std::env::var("TING_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+    )
+}
+
+/// A room name no other test (or earlier run on the same PostgreSQL) uses.
+fn fresh_room(tag: &str) -> String {
+    format!("{tag}-{}", hex::encode(rand::random::<[u8; 6]>()))
+}
+
+fn main_object() -> ObjectName {
+    ObjectName::new("main").unwrap()
+}
+
+async fn start(db: &Db) -> TestServer {
+    TestServer::start_with_collab(db.clone(), temp_dir("collab")).await
+}
+
+async fn collab_client(server: &TestServer, room: &str, identity: &str, role: Role) -> Client {
+    let mut client = Client::connect(server).await;
+    client
+        .send(&ClientMessage::CollabJoin {
+            version: PROTOCOL_VERSION,
+            token: server.token(room, identity, role),
+        })
+        .await;
+    let joined = client.recv().await.expect("collab_joined");
+    assert!(
+        matches!(joined, ServerMessage::CollabJoined { .. }),
+        "{joined:?}"
+    );
+    client
+}
+
+fn write(channel: Channel, op_id: &str, body: Value) -> ClientMessage {
+    ClientMessage::Collab {
+        channel,
+        object: main_object(),
+        op_id: Some(op_id.to_owned()),
+        volatile: false,
+        body,
+    }
+}
+
+fn subscribe(channel: Channel, since: Option<u64>) -> ClientMessage {
+    ClientMessage::CollabSubscribe {
+        channel,
+        object: main_object(),
+        since,
+    }
+}
+
+/// Receives until `synced`, returning the seqs of events and whether a snapshot came.
+async fn catch_up(client: &mut Client) -> (Vec<u64>, Option<Value>, u64) {
+    let mut seqs = Vec::new();
+    let mut snapshot = None;
+    loop {
+        match client.recv().await.expect("catch-up") {
+            ServerMessage::Collab(event) => seqs.push(event.seq.unwrap()),
+            ServerMessage::CollabSnapshot { state, .. } => snapshot = Some(state),
+            ServerMessage::CollabSynced { seq, .. } => return (seqs, snapshot, seq),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn ack(client: &mut Client, op: &str) -> (u64, bool) {
+    let reply = client
+        .expect("an ack", |m| {
+            matches!(m, ServerMessage::CollabAck { op_id, .. } if op_id == op)
+                || matches!(m, ServerMessage::CollabError { .. })
+        })
+        .await;
+    match reply {
+        ServerMessage::CollabAck { seq, duplicate, .. } => (seq, duplicate),
+        other => panic!("no ack for {op}: {other:?}"),
+    }
+}
+
+async fn collab_error(client: &mut Client) -> CollabErrorCode {
+    match client
+        .expect("a collab error", |m| {
+            matches!(m, ServerMessage::CollabError { .. })
+        })
+        .await
+    {
+        ServerMessage::CollabError { code, message, .. } => {
+            assert!(!message.is_empty());
+            code
+        }
+        _ => unreachable!(),
+    }
+}
+
+async fn reconnect_since_returns_exactly_the_missed_events(db: Db) {
+    let server = start(&db).await;
+    let room = fresh_room("since");
+    let mut ann = collab_client(&server, &room, "ann", Role::Speaker).await;
+    let mut bob = collab_client(&server, &room, "bob", Role::Speaker).await;
+    for client in [&mut ann, &mut bob] {
+        client.send(&subscribe(Channel::Chat, None)).await;
+        let (_, snapshot, seq) = catch_up(client).await;
+        assert!(snapshot.is_some());
+        assert_eq!(seq, 0);
+    }
+    for i in 0..3 {
+        ann.send(&write(
+            Channel::Chat,
+            &format!("a{i}"),
+            json!({"op":"post","text":format!("first {i}")}),
+        ))
+        .await;
+        ack(&mut ann, &format!("a{i}")).await;
+    }
+    let mut last_seen = 0;
+    while last_seen < 3 {
+        if let ServerMessage::Collab(e) = bob.recv().await.unwrap() {
+            last_seen = e.seq.unwrap();
+        }
+    }
+    bob.drop_connection();
+    for i in 3..5 {
+        ann.send(&write(
+            Channel::Chat,
+            &format!("a{i}"),
+            json!({"op":"post","text":format!("while away {i}")}),
+        ))
+        .await;
+        ack(&mut ann, &format!("a{i}")).await;
+    }
+    let mut bob = collab_client(&server, &room, "bob", Role::Speaker).await;
+    bob.send(&subscribe(Channel::Chat, Some(last_seen))).await;
+    let (seqs, snapshot, synced) = catch_up(&mut bob).await;
+    assert_eq!(seqs, vec![4, 5], "exactly the missed events");
+    assert!(snapshot.is_none());
+    assert_eq!(synced, 5);
+    // Up to date: nothing to send but `synced`.
+    bob.send(&subscribe(Channel::Chat, Some(5))).await;
+    assert_eq!(catch_up(&mut bob).await, (vec![], None, 5));
+    // A client ahead of the server (it lost data) gets a snapshot.
+    bob.send(&subscribe(Channel::Chat, Some(99))).await;
+    let (_, snapshot, _) = catch_up(&mut bob).await;
+    assert_eq!(snapshot.unwrap()["messages"].as_array().unwrap().len(), 5);
+    server.shutdown().await;
+}
+
+async fn a_duplicate_op_id_is_applied_once(db: Db) {
+    let server = start(&db).await;
+    let room = fresh_room("dup");
+    let mut ann = collab_client(&server, &room, "ann", Role::Speaker).await;
+    ann.send(&subscribe(Channel::Board, None)).await;
+    catch_up(&mut ann).await;
+    let add = json!({"op":"add_column","id":"todo","title":"To do"});
+    ann.send(&write(Channel::Board, "col-1", add.clone())).await;
+    assert_eq!(ack(&mut ann, "col-1").await, (1, false));
+    // The retry (say after a reconnect) is acknowledged with the same seq and not applied.
+    ann.send(&write(Channel::Board, "col-1", add)).await;
+    assert_eq!(ack(&mut ann, "col-1").await, (1, true));
+    ann.send(&write(
+        Channel::Board,
+        "card-1",
+        json!({"op":"add_card","id":"c1","column":"todo","title":"Budget"}),
+    ))
+    .await;
+    assert_eq!(ack(&mut ann, "card-1").await, (2, false));
+    // Another identity may use the same op id: it is per author.
+    let mut bob = collab_client(&server, &room, "bob", Role::Speaker).await;
+    bob.send(&write(
+        Channel::Board,
+        "col-1",
+        json!({"op":"add_column","id":"done","title":"Done"}),
+    ))
+    .await;
+    assert_eq!(ack(&mut bob, "col-1").await, (3, false));
+    bob.send(&subscribe(Channel::Board, None)).await;
+    let (_, snapshot, seq) = catch_up(&mut bob).await;
+    let board = snapshot.unwrap();
+    assert_eq!(seq, 3);
+    assert_eq!(board["columns"].as_object().unwrap().len(), 2);
+    assert_eq!(board["cards"].as_object().unwrap().len(), 1);
+    server.shutdown().await;
+}
+
+/// tus creation (`Upload-Length`, metadata) → upload URL.
+async fn tus_create(
+    http: &reqwest::Client,
+    server: &TestServer,
+    room: &str,
+    token: &str,
+    length: usize,
+    name: &str,
+) -> reqwest::Response {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    http.post(server.url(&format!("/api/files/{room}")))
+        .bearer_auth(token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", length.to_string())
+        .header(
+            "Upload-Metadata",
+            format!(
+                "filename {},filetype {}",
+                b64(name),
+                b64("application/octet-stream")
+            ),
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn tus_patch(
+    http: &reqwest::Client,
+    server: &TestServer,
+    location: &str,
+    token: &str,
+    offset: u64,
+    body: reqwest::Body,
+    checksum: Option<&[u8]>,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let mut request = http
+        .patch(server.url(location))
+        .bearer_auth(token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Offset", offset.to_string())
+        .header("Content-Type", "application/offset+octet-stream");
+    if let Some(data) = checksum {
+        let sum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data));
+        request = request.header("Upload-Checksum", format!("sha256 {sum}"));
+    }
+    request.body(body).send().await
+}
+
+async fn tus_offset(
+    http: &reqwest::Client,
+    server: &TestServer,
+    location: &str,
+    token: &str,
+) -> u64 {
+    let head = http
+        .head(server.url(location))
+        .bearer_auth(token)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    head.headers()["upload-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Uploads `data` in one PATCH; returns the file id from the files list.
+async fn upload(server: &TestServer, room: &str, token: &str, name: &str, data: &[u8]) -> String {
+    let http = reqwest::Client::new();
+    let created = tus_create(&http, server, room, token, data.len(), name).await;
+    assert_eq!(created.status(), 201);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let done = tus_patch(
+        &http,
+        server,
+        &location,
+        token,
+        0,
+        data.to_vec().into(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.status(), 204);
+    file_ids(server, room)
+        .await
+        .last()
+        .cloned()
+        .expect("the file is listed")
+}
+
+async fn file_ids(server: &TestServer, room: &str) -> Vec<String> {
+    let mut client = collab_client(server, room, "lister", Role::Speaker).await;
+    client
+        .send(&ClientMessage::CollabSubscribe {
+            channel: Channel::Files,
+            object: main_object(),
+            since: None,
+        })
+        .await;
+    let (_, snapshot, _) = catch_up(&mut client).await;
+    let files = snapshot.unwrap()["files"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let mut listed: Vec<(i64, String)> = files
+        .values()
+        .map(|f| {
+            (
+                f["at"].as_i64().unwrap(),
+                f["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    listed.sort();
+    listed.into_iter().map(|(_, id)| id).collect()
+}
+
+async fn restart_keeps_chat_boards_whiteboard_and_files(db: Db) {
+    let server = start(&db).await;
+    let room = fresh_room("restart");
+    let token = server.token(&room, "ann", Role::Host);
+    let mut ann = collab_client(&server, &room, "ann", Role::Host).await;
+    ann.send(&write(
+        Channel::Chat,
+        "m1",
+        json!({"op":"post","text":"before the restart"}),
+    ))
+    .await;
+    ack(&mut ann, "m1").await;
+    ann.send(&write(Channel::Whiteboard, "w1", json!({"op":"upsert","elements":[{"id":"s1","type":"freedraw","version":1,"version_nonce":5,"points":[[0,0],[10,10]]}]}))).await;
+    ack(&mut ann, "w1").await;
+    ann.send(&write(
+        Channel::Board,
+        "b1",
+        json!({"op":"add_column","id":"todo","title":"To do"}),
+    ))
+    .await;
+    ack(&mut ann, "b1").await;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let file = upload(&server, &room, &token, "minutes.pdf", &data).await;
+    drop(ann);
+    let dir: TempDir = server.stop_keeping_data().await;
+
+    let server = TestServer::start_with_collab(db.clone(), dir).await;
+    let mut ann = collab_client(&server, &room, "ann", Role::Host).await;
+    ann.send(&subscribe(Channel::Chat, None)).await;
+    let (_, chat, _) = catch_up(&mut ann).await;
+    let texts: Vec<String> = chat.unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        texts.contains(&"before the restart".to_owned()),
+        "{texts:?}"
+    );
+    assert!(
+        texts.len() == 2,
+        "the message and the file announcement: {texts:?}"
+    );
+    ann.send(&subscribe(Channel::Whiteboard, None)).await;
+    let (_, scene, _) = catch_up(&mut ann).await;
+    assert_eq!(scene.unwrap()["elements"][0]["id"], "s1");
+    ann.send(&subscribe(Channel::Board, None)).await;
+    let (_, board, _) = catch_up(&mut ann).await;
+    assert_eq!(board.unwrap()["columns"]["todo"]["title"], "To do");
+    let body = reqwest::Client::new()
+        .get(server.url(&format!("/api/files/{room}/{file}?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.status(), 200);
+    assert_eq!(body.bytes().await.unwrap().as_ref(), data.as_slice());
+    // New writes continue the sequence.
+    ann.send(&write(
+        Channel::Board,
+        "b2",
+        json!({"op":"add_column","id":"done","title":"Done"}),
+    ))
+    .await;
+    assert_eq!(ack(&mut ann, "b2").await, (2, false));
+    server.shutdown().await;
+}
+
+async fn tus_uploads_resume_verify_and_refuse(db: Db) {
+    let server = start(&db).await;
+    let room = fresh_room("tus");
+    let token = server.token(&room, "ann", Role::Speaker);
+    let http = reqwest::Client::new();
+    let data: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let created = tus_create(
+        &http,
+        &server,
+        &room,
+        &token,
+        data.len(),
+        "../../etc/passwd",
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    assert_eq!(created.headers()["tus-resumable"], "1.0.0");
+    assert!(created.headers().contains_key("upload-expires"));
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+
+    // The first PATCH dies at 50 %: what arrived is kept.
+    let half = data[..data.len() / 2].to_vec();
+    let broken = futures_util::stream::iter(vec![
+        Ok::<_, std::io::Error>(bytes::Bytes::from(half)),
+        Err(std::io::Error::other("network gone")),
+    ]);
+    let interrupted = tus_patch(
+        &http,
+        &server,
+        &location,
+        &token,
+        0,
+        reqwest::Body::wrap_stream(broken),
+        None,
+    )
+    .await;
+    assert!(interrupted.is_err() || interrupted.unwrap().status() != 204);
+    let mut offset = 0;
+    for _ in 0..50 {
+        offset = tus_offset(&http, &server, &location, &token).await;
+        if offset > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        offset > 0 && offset <= data.len() as u64 / 2,
+        "kept {offset} bytes"
+    );
+    // A wrong offset is refused with the right one; a bad checksum is refused and discarded.
+    let stale = tus_patch(
+        &http,
+        &server,
+        &location,
+        &token,
+        0,
+        vec![1, 2, 3].into(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(stale.status(), 409);
+    let rest = data[offset as usize..].to_vec();
+    let corrupt = tus_patch(
+        &http,
+        &server,
+        &location,
+        &token,
+        offset,
+        vec![0u8; rest.len()].into(),
+        Some(&rest),
+    )
+    .await
+    .unwrap();
+    assert_eq!(corrupt.status().as_u16(), 460);
+    assert_eq!(tus_offset(&http, &server, &location, &token).await, offset);
+    // Resume with a checksum: done.
+    let done = tus_patch(
+        &http,
+        &server,
+        &location,
+        &token,
+        offset,
+        rest.clone().into(),
+        Some(&rest),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.status(), 204);
+    assert_eq!(
+        done.headers()["upload-offset"],
+        data.len().to_string().as_str()
+    );
+
+    let file = file_ids(&server, &room).await.pop().unwrap();
+    let download = http
+        .get(server.url(&format!("/api/files/{room}/{file}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 200);
+    let disposition = download.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        disposition.contains("..%2F..%2Fetc%2Fpasswd"),
+        "{disposition}"
+    );
+    let sha = download.headers()["x-content-sha256"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = download.bytes().await.unwrap();
+    assert_eq!(
+        hex::encode(Sha256::digest(&body)),
+        hex::encode(Sha256::digest(&data))
+    );
+    assert_eq!(sha, hex::encode(Sha256::digest(&data)));
+    // Over quota (5 MiB per room in tests, 2 MB used) or over the file size limit (4 MiB):
+    // refused at creation, before a byte is sent.
+    let over = tus_create(&http, &server, &room, &token, 4_000_000, "big.bin").await;
+    assert_eq!(over.status(), 413);
+    assert!(over.text().await.unwrap().contains("quota"));
+    let too_big = tus_create(&http, &server, &room, &token, 5 << 20, "huge.bin").await;
+    assert_eq!(too_big.status(), 413);
+    // No tus header, no token, another room's token.
+    let bare = http
+        .post(server.url(&format!("/api/files/{room}")))
+        .bearer_auth(&token)
+        .header("Upload-Length", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 412);
+    let anonymous = http
+        .get(server.url(&format!("/api/files/{room}/{file}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let other_room = server.token("elsewhere", "eve", Role::Speaker);
+    let foreign = http
+        .get(server.url(&format!("/api/files/{room}/{file}")))
+        .bearer_auth(&other_room)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    // Another member cannot continue or end ann's upload.
+    let created = tus_create(&http, &server, &room, &token, 10, "x").await;
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let bob = server.token(&room, "bob", Role::Speaker);
+    let hijack = tus_patch(
+        &http,
+        &server,
+        &location,
+        &bob,
+        0,
+        vec![0u8; 10].into(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(hijack.status(), 404);
+    let ended = http
+        .delete(server.url(&location))
+        .bearer_auth(&token)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 204);
+    assert_eq!(
+        http.head(server.url(&location))
+            .bearer_auth(&token)
+            .header("Tus-Resumable", "1.0.0")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // Links: a valid one downloads that file only; an expired one is refused; a link cannot
+    // join the meeting.
+    let link: Value = http
+        .post(server.url(&format!("/api/files/{room}/{file}/link")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = link["url"].as_str().unwrap();
+    assert_eq!(
+        http.get(server.url(url)).send().await.unwrap().status(),
+        200
+    );
+    let link_token = url.split("token=").nth(1).unwrap();
+    let small = upload(&server, &room, &token, "other.txt", b"other").await;
+    let wrong_file = http
+        .get(server.url(&format!("/api/files/{room}/{small}?token={link_token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_file.status(), 403);
+    let expired = keys()
+        .sign(&Claims {
+            room: RoomId::new(&room).unwrap(),
+            sub: "file-link".into(),
+            name: String::new(),
+            role: Role::Viewer,
+            exp: ting_signalling::token::unix_now() - 600,
+            iat: None,
+            region: None,
+            collab: Some(vec!["files:read".into()]),
+            file: Some(file.clone()),
+        })
+        .unwrap();
+    let refused = http
+        .get(server.url(&format!("/api/files/{room}/{file}?token={expired}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let mut sneaky = Client::connect(&server).await;
+    sneaky.send(&common::join(link_token, None)).await;
+    assert!(matches!(
+        sneaky.recv().await,
+        Some(ServerMessage::Error { .. })
+    ));
+    server.shutdown().await;
+}
+
+async fn bad_input_gets_clear_errors_and_harms_nobody(db: Db) {
+    let server = start(&db).await;
+    let room = fresh_room("bad");
+    let mut ann = collab_client(&server, &room, "ann", Role::Speaker).await;
+    let mut bob = collab_client(&server, &room, "bob", Role::Speaker).await;
+    bob.send(&subscribe(Channel::Chat, None)).await;
+    catch_up(&mut bob).await;
+    // Oversize body.
+    ann.send(&write(
+        Channel::Chat,
+        "big",
+        json!({"op":"post","text":"x".repeat(70_000)}),
+    ))
+    .await;
+    assert_eq!(collab_error(&mut ann).await, CollabErrorCode::TooLarge);
+    // Unknown channel and malformed envelope: protocol errors.
+    ann.send_raw(r#"{"type":"collab","channel":"spreadsheet","object":"main","body":{}}"#.into())
+        .await;
+    assert!(matches!(
+        ann.recv().await,
+        Some(ServerMessage::Error { .. })
+    ));
+    ann.send_raw(r#"{"type":"collab","channel":"chat","object":"../etc","body":{}}"#.into())
+        .await;
+    assert!(matches!(
+        ann.recv().await,
+        Some(ServerMessage::Error { .. })
+    ));
+    // Malformed ops.
+    for (i, body) in [
+        json!({"op":"post"}),
+        json!({"op":"explode"}),
+        json!("text"),
+        json!({"op":"edit","id":77,"text":"x"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ann.send(&write(Channel::Chat, &format!("bad{i}"), body))
+            .await;
+        let code = collab_error(&mut ann).await;
+        assert!(
+            matches!(code, CollabErrorCode::BadOp | CollabErrorCode::NotFound),
+            "{code:?}"
+        );
+    }
+    // A volatile frame needs a subscription.
+    ann.send(&ClientMessage::Collab {
+        channel: Channel::Whiteboard,
+        object: main_object(),
+        op_id: None,
+        volatile: true,
+        body: json!({"cursor":{"x":1,"y":2}}),
+    })
+    .await;
+    assert_eq!(collab_error(&mut ann).await, CollabErrorCode::NotSubscribed);
+    // Write without the right: a viewer on the board; a guest whose link grants chat reading.
+    let mut viewer = collab_client(&server, &room, "vic", Role::Viewer).await;
+    viewer
+        .send(&write(
+            Channel::Board,
+            "v1",
+            json!({"op":"add_column","title":"mine"}),
+        ))
+        .await;
+    assert_eq!(collab_error(&mut viewer).await, CollabErrorCode::NotAllowed);
+    let guest_token = keys()
+        .sign(&Claims {
+            room: RoomId::new(&room).unwrap(),
+            sub: "guest".into(),
+            name: "Guest".into(),
+            role: Role::Attendee,
+            exp: ting_signalling::token::unix_now() + 600,
+            iat: None,
+            region: None,
+            collab: Some(vec!["chat:read".into()]),
+            file: None,
+        })
+        .unwrap();
+    let mut guest = Client::connect(&server).await;
+    guest
+        .send(&ClientMessage::CollabJoin {
+            version: PROTOCOL_VERSION,
+            token: guest_token,
+        })
+        .await;
+    guest.recv().await.unwrap();
+    guest
+        .send(&write(
+            Channel::Chat,
+            "g1",
+            json!({"op":"post","text":"spam"}),
+        ))
+        .await;
+    assert_eq!(collab_error(&mut guest).await, CollabErrorCode::NotAllowed);
+    guest.send(&subscribe(Channel::Board, None)).await;
+    assert_eq!(collab_error(&mut guest).await, CollabErrorCode::NotAllowed);
+    guest.send(&subscribe(Channel::Chat, None)).await;
+    catch_up(&mut guest).await;
+    // Bob saw none of it; a good write still works for everyone.
+    ann.send(&write(
+        Channel::Chat,
+        "good",
+        json!({"op":"post","text":"hello"}),
+    ))
+    .await;
+    assert_eq!(ack(&mut ann, "good").await, (1, false));
+    match bob.recv().await.unwrap() {
+        ServerMessage::Collab(e) => {
+            assert_eq!((e.seq, e.body["text"].as_str()), (Some(1), Some("hello")))
+        }
+        other => panic!("{other:?}"),
+    }
+    server.shutdown().await;
+}
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(None).await })*
+        }
+        mod postgresql {
+            $(#[tokio::test] async fn $name() { super::$name(super::postgres()).await })*
+        }
+    };
+}
+
+on_both_databases!(
+    reconnect_since_returns_exactly_the_missed_events,
+    a_duplicate_op_id_is_applied_once,
+    restart_keeps_chat_boards_whiteboard_and_files,
+    tus_uploads_resume_verify_and_refuse,
+    bad_input_gets_clear_errors_and_harms_nobody,
+);
