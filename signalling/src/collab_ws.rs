@@ -150,3 +150,48 @@ pub fn is_collab(message: &ClientMessage) -> bool {
             | ClientMessage::CollabQuery { .. }
     )
 }
+
+/// The audit log entry of a moderator action (recorded once it succeeded).
+pub fn moderation_audit(message: &ClientMessage) -> Option<(&'static str, String)> {
+    Some(match message {
+        ClientMessage::SetRole {
+            participant_id,
+            role,
+        } => (
+            "role changed",
+            format!("participant {participant_id} to {role:?}"),
+        ),
+        ClientMessage::MuteParticipant {
+            participant_id,
+            kind,
+            muted,
+        } => (
+            if *muted {
+                "participant muted"
+            } else {
+                "unmute allowed"
+            },
+            format!("participant {participant_id} {kind:?}"),
+        ),
+        ClientMessage::MuteAll { kind } => ("everyone muted", format!("{kind:?}")),
+        ClientMessage::RemoveParticipant { participant_id } => (
+            "participant removed",
+            format!("participant {participant_id}"),
+        ),
+        ClientMessage::UpdateRoom {
+            locked,
+            lobby,
+            allow_self_unmute,
+        } => (
+            "room settings changed",
+            format!("locked {locked:?}, lobby {lobby:?}, self-unmute {allow_self_unmute:?}"),
+        ),
+        ClientMessage::Admit { participant_id } => {
+            ("admitted", format!("participant {participant_id}"))
+        }
+        ClientMessage::Deny { participant_id } => {
+            ("denied", format!("participant {participant_id}"))
+        }
+        _ => return None,
+    })
+}

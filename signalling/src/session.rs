@@ -407,8 +407,17 @@ where
                         }
                     }
                     Incoming::Message(message) => {
-                        if let Err(e) = self.handle(participant, message).await {
-                            self.send_error(e).await;
+                        let audit = collab_ws::moderation_audit(&message);
+                        match self.handle(participant, message).await {
+                            Ok(()) => {
+                                if let (Some((action, detail)), Some(collab)) = (audit, self.hub.collab()) {
+                                    let (collab, room, actor) = (collab.clone(), claims.room.to_string(), claims.sub.clone());
+                                    tokio::spawn(async move { collab.audit(&room, &actor, action, &detail).await });
+                                }
+                            }
+                            Err(e) => {
+                                self.send_error(e).await;
+                            }
                         }
                     }
                 },

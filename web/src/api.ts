@@ -50,3 +50,58 @@ export function tokenClaims(token: string): Record<string, unknown> {
     return {};
   }
 }
+
+// ---- collaboration add-ons: files, whiteboard exports, room records ----
+// Links that a browser opens by itself (downloads, exports) carry the token in the query;
+// calls made from here send it as a Bearer header.
+
+const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
+const seg = encodeURIComponent;
+
+export function fileUrl(room: string, fileId: string, token: string): string {
+  return `/api/files/${seg(room)}/${seg(fileId)}?token=${seg(token)}`;
+}
+
+/** Where tus uploads of `room` are created. */
+export function uploadEndpoint(room: string): string {
+  return `/api/files/${seg(room)}`;
+}
+
+/** An expiring download link for people without a token (guests). */
+export function guestLink(room: string, fileId: string, token: string): Promise<{ url: string; expires_at: number }> {
+  // An empty JSON object: the server's default lifetime (an empty body would not be JSON).
+  return call(`/api/files/${seg(room)}/${seg(fileId)}/link`, { method: 'POST', headers: bearer(token), body: '{}' });
+}
+
+export function deleteFile(room: string, fileId: string, token: string): Promise<unknown> {
+  return call(`/api/files/${seg(room)}/${seg(fileId)}`, { method: 'DELETE', headers: bearer(token) });
+}
+
+export function whiteboardExportUrl(room: string, board: string, format: 'svg' | 'png', token: string): string {
+  return `/api/rooms/${seg(room)}/whiteboards/${seg(board)}.${format}?token=${seg(token)}`;
+}
+
+/** Moderators: the room's records as a tar archive. */
+export function roomExportUrl(room: string, token: string): string {
+  return `/api/rooms/${seg(room)}/export?token=${seg(token)}`;
+}
+
+export interface AuditEntry {
+  at: number;
+  actor: string;
+  action: string;
+  detail: string;
+}
+
+export function auditLog(room: string, token: string): Promise<AuditEntry[]> {
+  return call(`/api/rooms/${seg(room)}/audit`, { headers: bearer(token) });
+}
+
+/** `keepDays: null` keeps the records forever. */
+export function setRetention(room: string, token: string, keepDays: number | null): Promise<unknown> {
+  return call(`/api/rooms/${seg(room)}/retention`, {
+    method: 'PUT',
+    headers: bearer(token),
+    body: JSON.stringify({ keep_days: keepDays }),
+  });
+}

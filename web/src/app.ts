@@ -1,18 +1,21 @@
 // Wiring: landing → device check → meeting, and the banners that explain what goes wrong.
 
 import { getConfig, tokenClaims } from './api.js';
+import { CollabClient } from './collab.js';
 import { acquire, describeMediaError } from './media.js';
 import { describeRoleChange, Moderation, type ModerationListener } from './moderation.js';
-import { describeLeaveReason, mayPublish, type JoinedMessage, type Role } from './protocol.js';
+import { describeLeaveReason, mayPublish, moderates, type JoinedMessage, type Role } from './protocol.js';
 import { Session, type LocalMedia, type SessionListener } from './session.js';
 import { Signalling, type SignallingEnd } from './signalling.js';
+import { startSpace } from './space.js';
 import { Banners } from './ui/banners.js';
+import { CollabPanel, type CollabView } from './ui/collabpanel.js';
 import { showDeviceCheck } from './ui/devicecheck.js';
 import { h } from './ui/dom.js';
 import { showLanding } from './ui/landing.js';
 import { MeetingView } from './ui/meeting.js';
 
-type AppState = 'landing' | 'device-check' | 'joining' | 'waiting' | 'joined' | 'reconnecting' | 'ended';
+type AppState = 'landing' | 'device-check' | 'joining' | 'waiting' | 'joined' | 'reconnecting' | 'ended' | 'space';
 
 declare global {
   interface Window {
@@ -25,6 +28,8 @@ declare global {
       readonly moderation: Moderation | null;
       /** The WebSocket URL in use (in a cluster, the node that serves the room). */
       readonly signallingUrl: string | null;
+      /** Chat, whiteboard, board and files as the page has them (null before joining). */
+      readonly collab: CollabView | null;
     };
   }
 }
@@ -37,6 +42,8 @@ let session: Session | null = null;
 let signalling: Signalling | null = null;
 let view: MeetingView | null = null;
 let moderation: Moderation | null = null;
+/** The collaboration panels: one per meeting (kept across rejoins), or the team space's. */
+let collabPanel: CollabPanel | null = null;
 let renderQueued = false;
 /** How long a passing notice (role change, moderator action) stays up. */
 const NOTICE_MS = 12_000;
@@ -59,6 +66,9 @@ window.ting = {
   },
   get signallingUrl() {
     return signalling?.currentUrl ?? null;
+  },
+  get collab() {
+    return collabPanel?.view() ?? null;
   },
 };
 
@@ -107,6 +117,7 @@ const listener: SessionListener = {
     banners.hide('publish');
     banners.show('role', describeRoleChange(before, after), 'info', [], NOTICE_MS);
     const s = session;
+    if (collabPanel) collabPanel.client.moderator = moderates(after);
     if (s && !mayPublish(before) && mayPublish(after)) void publishAfterPromotion(s);
     if (!mayPublish(after)) banners.hide('screen');
   },
@@ -178,13 +189,33 @@ function watchDevice(track: MediaStreamTrack | null, what: 'camera' | 'microphon
   });
 }
 
-function params(): { room: string; token: string } {
+function params(): { room: string; token: string; space: string | null } {
   const query = new URLSearchParams(location.search);
   const hash = new URLSearchParams(location.hash.replace(/^#/, ''));
   return {
     room: query.get('room') ?? hash.get('room') ?? '',
     token: query.get('token') ?? hash.get('token') ?? '',
+    // `?space=<room>` (or `#space=<room>`): the room's team space instead of its meeting.
+    space: query.get('space') ?? hash.get('space'),
   };
+}
+
+/** A room's team space (chat, whiteboard, board, files; no media). */
+function openSpace(token: string, room: string): void {
+  banners.clearAll();
+  startSpace(token, room, {
+    root,
+    banners,
+    setState,
+    setPanel: (panel) => (collabPanel = panel),
+    ended: (end, reopen) => {
+      const again = h('button', { id: 'rejoin', type: 'button', className: 'primary', onclick: reopen }, 'Open again');
+      const home = h('a', { href: '/', className: 'button-link' }, 'Start page');
+      if (end.kind === 'left') return showCard('You left the team space', 'Everything stays here for next time.', again, home);
+      if (end.kind === 'error') return showCard('Could not open the team space', errorText(end.code, end.message), home);
+      showCard('Connection lost', 'Could not reach the server in time. Check your network, then try again.', again, home);
+    },
+  });
 }
 
 function showCard(title: string, text: string, ...actions: HTMLElement[]): void {
@@ -231,7 +262,10 @@ function startMeeting(token: string, room: string, name: string, local: LocalMed
     } else {
       // A fresh participant (maybe after the server forgot us): a new peer connection.
       dropSession();
-      view ??= new MeetingView(root, actions);
+      if (!view) {
+        view = new MeetingView(root, actions);
+        if (collabPanel) view.addSidePanel(collabPanel.el, collabPanel.toggle);
+      }
       const s = new Session(sig, msg, media, listener);
       const m = new Moderation(sig, s, msg, moderationListener);
       const v = view;
@@ -244,6 +278,13 @@ function startMeeting(token: string, room: string, name: string, local: LocalMed
         banners.show('role', `You joined as ${role}: you can watch and listen. Raise your hand to ask to speak.`, 'info');
       }
     }
+    // Chat, whiteboard, board, files: follow again from the last seq seen, resend unacknowledged writes.
+    collab.joined({ identity: msg.participant.identity, name: msg.participant.name }, moderates(msg.participant.role));
+    if (!collabPanel) {
+      collabPanel = new CollabPanel(collab, token, (text) => banners.show('collab', text, 'warning', [], NOTICE_MS));
+      view?.addSidePanel(collabPanel.el, collabPanel.toggle);
+    }
+    collabPanel.room = msg.room;
     setState('joined');
     scheduleRender();
   };
@@ -273,6 +314,7 @@ function startMeeting(token: string, room: string, name: string, local: LocalMed
     joined: onJoined,
     waiting: onWaiting,
     message: (msg) => {
+      if (collab.handle(msg)) return;
       session?.handle(msg);
       moderation?.handle(msg);
     },
@@ -294,6 +336,8 @@ function startMeeting(token: string, room: string, name: string, local: LocalMed
     resumeFailed: () => banners.show('connection', 'Rejoining the meeting…', 'warning'),
     ended: (end) => endMeeting(end, () => toDeviceCheck(token, room, name, null)),
   }, room);
+  const collab = new CollabClient(sig);
+  collabPanel = null;
   signalling = sig;
   sig.start();
 }
@@ -327,6 +371,7 @@ function endMeeting(end: SignallingEnd, rejoin: () => void): void {
   session?.close();
   session = null;
   moderation = null;
+  collabPanel = null;
   view?.destroy();
   view = null;
   signalling = null;
@@ -427,9 +472,13 @@ async function toggleScreen(): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const { room, token } = params();
+  const { room, token, space } = params();
   // Best effort: tell the server we are gone so others don't wait out the resume grace period.
   window.addEventListener('pagehide', () => signalling?.leave());
+  if (token && space !== null) {
+    openSpace(token, space || String(tokenClaims(token)['room'] ?? ''));
+    return;
+  }
   if (token) {
     // An invite link: the token already names the room and the person.
     const claims = tokenClaims(token);
@@ -441,12 +490,14 @@ async function main(): Promise<void> {
   const landing = () => {
     setState('landing');
     showLanding(root, {
-      room,
+      room: space || room,
       name: localStorage.getItem('ting.name') ?? '',
       config,
-      onToken: (tok, joinedRoom, name) => {
+      preferSpace: space !== null,
+      onToken: (tok, joinedRoom, name, mode) => {
         localStorage.setItem('ting.name', name);
-        toDeviceCheck(tok, joinedRoom, name, landing);
+        if (mode === 'space') openSpace(tok, joinedRoom);
+        else toDeviceCheck(tok, joinedRoom, name, landing);
       },
     });
   };

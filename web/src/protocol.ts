@@ -98,7 +98,13 @@ export type ClientMessage =
   | { type: 'remove_participant'; participant_id: ParticipantId }
   | { type: 'update_room'; locked?: boolean; lobby?: boolean; allow_self_unmute?: boolean }
   | { type: 'admit'; participant_id: ParticipantId }
-  | { type: 'deny'; participant_id: ParticipantId };
+  | { type: 'deny'; participant_id: ParticipantId }
+  /** Instead of `join`: a collab-only session (team space), no media. */
+  | { type: 'collab_join'; version: number; token: string }
+  | { type: 'collab_subscribe'; channel: CollabChannel; object: string; since?: number }
+  | { type: 'collab_unsubscribe'; channel: CollabChannel; object: string }
+  | { type: 'collab'; channel: CollabChannel; object: string; op_id?: string; volatile?: boolean; body: unknown }
+  | { type: 'collab_query'; channel: CollabChannel; object: string; op_id: string; body: unknown };
 
 export interface JoinedMessage {
   type: 'joined';
@@ -152,7 +158,56 @@ export type ServerMessage =
   | { type: 'active_speaker'; participant_id: ParticipantId | null }
   | { type: 'error'; code: ErrorCode; message: string }
   | { type: 'pong'; nonce: number }
-  | { type: 'bye'; reason: LeaveReason };
+  | { type: 'bye'; reason: LeaveReason }
+  | CollabJoinedMessage
+  | CollabEvent
+  | { type: 'collab_snapshot'; channel: CollabChannel; object: string; seq: number; state: unknown }
+  | { type: 'collab_synced'; channel: CollabChannel; object: string; seq: number }
+  | { type: 'collab_ack'; channel: CollabChannel; object: string; op_id: string; seq: number; duplicate?: boolean }
+  | { type: 'collab_result'; channel: CollabChannel; object: string; op_id: string; body: unknown }
+  | {
+      type: 'collab_error';
+      channel: CollabChannel;
+      object: string;
+      op_id?: string;
+      code: CollabErrorCode;
+      message: string;
+    };
+
+// ---- collaboration add-ons (protocol/src/collab.rs; bodies in collab/src/*.rs) ----
+
+export type CollabChannel = 'chat' | 'whiteboard' | 'board' | 'files';
+export type CollabErrorCode = 'bad_op' | 'not_allowed' | 'too_large' | 'not_found' | 'not_subscribed' | 'unavailable';
+
+/** Who wrote an event, as the server saw it. */
+export interface Author {
+  identity: string;
+  name: string;
+}
+
+/** An event of a followed object: stored ones carry `seq`, volatile ones (cursors, typing) don't. */
+export interface CollabEvent {
+  type: 'collab';
+  channel: CollabChannel;
+  object: string;
+  seq?: number;
+  /** The writer's op id, so the writer recognises its own change. */
+  op_id?: string;
+  author: Author;
+  /** Server time, unix ms. */
+  at: number;
+  volatile?: boolean;
+  body: Record<string, unknown>;
+}
+
+/** Answer to `collab_join`: who we are in the room's team space. */
+export interface CollabJoinedMessage {
+  type: 'collab_joined';
+  room: string;
+  identity: string;
+  name: string;
+  moderator: boolean;
+}
 
 export function mayPublish(role: Role): boolean {
   return role === 'host' || role === 'moderator' || role === 'speaker';

@@ -4,6 +4,7 @@
 import {
   PROTOCOL_VERSION,
   type ClientMessage,
+  type CollabJoinedMessage,
   type ErrorCode,
   type JoinedMessage,
   type LeaveReason,
@@ -20,6 +21,8 @@ export type SignallingEnd =
 export interface SignallingHandlers {
   /** A `joined` arrived: first join, a resume (`msg.resumed`), or a fresh join after a failed resume. */
   joined(msg: JoinedMessage): void;
+  /** Collab-only sessions: `collab_joined` arrived (again after every reconnect). */
+  collabJoined?(msg: CollabJoinedMessage): void;
   /** The room's lobby is on: wait until a moderator admits (`joined` follows) or denies (`ended`). */
   waiting(room: string): void;
   /** Any other server message once joined (pongs are handled here). */
@@ -37,6 +40,8 @@ const SILENCE_LIMIT_MS = 25_000;
 const FIRST_BACKOFF_MS = 500;
 /** Used until the server told us its grace period (e.g. when the very first connect fails). */
 const DEFAULT_GRACE_SECS = 30;
+/** A team space has no participant to lose: it keeps trying for longer. */
+const COLLAB_GRACE_SECS = 600;
 /** How many `moved` answers one join follows. */
 const MAX_MOVES = 3;
 /**
@@ -87,8 +92,11 @@ export class Signalling {
     private readonly handlers: SignallingHandlers,
     /** The room the user means to join; the server refuses a token for another room. */
     private readonly room?: string,
+    /** A team space: `collab_join` instead of `join` (no media, no resume token: collab catches up by seq). */
+    private readonly collabOnly = false,
   ) {
     this.origin = url;
+    if (collabOnly) this.graceSecs = COLLAB_GRACE_SECS;
   }
 
   /** The WebSocket URL in use: where the last `moved` sent us, or where we started. */
@@ -142,6 +150,10 @@ export class Signalling {
     this.waitingOnSocket = false;
     ws.onopen = () => {
       this.lastHeard = Date.now();
+      if (this.collabOnly) {
+        ws.send(JSON.stringify({ type: 'collab_join', version: PROTOCOL_VERSION, token: this.token } satisfies ClientMessage));
+        return;
+      }
       const join: ClientMessage = { type: 'join', version: PROTOCOL_VERSION, token: this.token };
       if (this.room) join.room = this.room;
       if (this.resumeToken) join.resume = this.resumeToken;
@@ -200,6 +212,14 @@ export class Signalling {
         this.outageSince = null;
         this.startPing();
         this.handlers.joined(msg);
+        return;
+      case 'collab_joined':
+        this.moves = 0;
+        this.joinedOnSocket = true;
+        this.attempt = 0;
+        this.outageSince = null;
+        this.startPing();
+        this.handlers.collabJoined?.(msg);
         return;
       case 'bye':
         this.finish({ kind: 'bye', reason: msg.reason }, 0, false);

@@ -29,3 +29,11 @@ export function icon(svg: string, className = 'icon'): HTMLSpanElement {
 export function clear(el: Element): void {
   el.replaceChildren();
 }
+
+/** Puts `els` into `parent` in this order, moving only what is out of place, and drops the rest. */
+export function placeChildren(parent: Element, els: Element[]): void {
+  els.forEach((el, i) => {
+    if (parent.children[i] !== el) parent.insertBefore(el, parent.children[i] ?? null);
+  });
+  while (parent.children.length > els.length) parent.lastElementChild?.remove();
+}

@@ -17,6 +17,7 @@ export const icons = {
   hand: svg(
     '<path d="M8 12V5.5a1.5 1.5 0 0 1 3 0V11M11 10V4a1.5 1.5 0 0 1 3 0v7M14 10.5V5.5a1.5 1.5 0 0 1 3 0V14c0 4-2.5 7-6 7-2.8 0-4.2-1.5-5.6-3.8L3.6 14a1.5 1.5 0 0 1 2.6-1.5L8 15"/>',
   ),
+  chat: svg('<path d="M4 5h16v11H9l-5 4z"/><path d="M8 9h8M8 12h5"/>'),
   pin: svg('<path d="M9 4h6l-1 5 3 3v2H7v-2l3-3zM12 14v7"/>'),
   lock: svg('<rect x="5" y="11" width="14" height="10" rx="2"/><path d="M8 11V7a4 4 0 0 1 8 0v4"/>'),
   people: svg(

@@ -9,7 +9,10 @@ export interface LandingOptions {
   name: string;
   /** null when /api/config could not be read; joining is still attempted. */
   config: ServerConfig | null;
-  onToken(token: string, room: string, name: string): void;
+  /** Came for the team space (`?space=`): that button gets the focus. */
+  preferSpace?: boolean;
+  /** `space`: the room's chat, whiteboard, board and files without the meeting. */
+  onToken(token: string, room: string, name: string, mode: 'meeting' | 'space'): void;
 }
 
 export function showLanding(root: HTMLElement, opts: LandingOptions): void {
@@ -33,6 +36,12 @@ export function showLanding(root: HTMLElement, opts: LandingOptions): void {
   });
   const error = h('p', { id: 'landing-error', className: 'form-error', role: 'alert', hidden: true });
   const join = h('button', { id: 'join', type: 'submit', className: 'primary' }, 'Join');
+  const space = h('button', { id: 'open-space', type: 'button', title: "The room's chat, whiteboard, board and files, without video" }, 'Team space');
+  let mode: 'meeting' | 'space' = 'meeting';
+  space.addEventListener('click', () => {
+    mode = 'space';
+    form.requestSubmit();
+  });
   const quickStartOff = opts.config?.quick_start === false;
 
   const fail = (message: string, field?: HTMLInputElement) => {
@@ -51,10 +60,12 @@ export function showLanding(root: HTMLElement, opts: LandingOptions): void {
     roomInput,
     h('p', { id: 'room-hint', className: 'hint' }, "Letters, digits, '-', '_' and '.' (up to 64)."),
     error,
-    join,
+    h('div', { className: 'landing-actions' }, join, space),
   );
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
+    const chosen = mode;
+    mode = 'meeting';
     error.hidden = true;
     nameInput.removeAttribute('aria-invalid');
     roomInput.removeAttribute('aria-invalid');
@@ -64,13 +75,15 @@ export function showLanding(root: HTMLElement, opts: LandingOptions): void {
     if (!isValidRoomName(room)) {
       return fail("That room name is not valid: use 1–64 letters, digits, '-', '_' or '.'.", roomInput);
     }
-    join.disabled = true;
-    join.textContent = 'Joining…';
+    const busy = chosen === 'space' ? space : join;
+    const label = busy.textContent;
+    join.disabled = space.disabled = true;
+    busy.textContent = 'Joining…';
     quickJoin(room, name)
-      .then((res) => opts.onToken(res.token, res.room || room, name))
+      .then((res) => opts.onToken(res.token, res.room || room, name, chosen))
       .catch((err: unknown) => {
-        join.disabled = false;
-        join.textContent = 'Join';
+        join.disabled = space.disabled = false;
+        busy.textContent = label;
         const message = err instanceof Error && err.message ? err.message : 'Could not join.';
         // Server messages are lower-case fragments ("quick start is turned off …"): make a sentence.
         const sentence = message[0]?.toUpperCase() + message.slice(1) + (/[.!?]$/.test(message) ? '' : '.');
@@ -93,5 +106,5 @@ export function showLanding(root: HTMLElement, opts: LandingOptions): void {
       form,
     ),
   );
-  (opts.room && !opts.name ? nameInput : opts.room ? join : nameInput).focus();
+  (opts.room && !opts.name ? nameInput : opts.room ? (opts.preferSpace ? space : join) : nameInput).focus();
 }

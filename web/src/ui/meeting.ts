@@ -79,6 +79,7 @@ export class MeetingView {
   private readonly cameraButton: HTMLButtonElement;
   private readonly screenButton: HTMLButtonElement;
   private readonly peopleButton: HTMLButtonElement;
+  private readonly leaveButton: HTMLButtonElement;
   /** Rendered heights of remote video tiles, by the track they show. */
   private readonly heights = new Map<TrackId, number>();
   private readonly reported = new Map<TrackId, number>();
@@ -105,7 +106,7 @@ export class MeetingView {
       this.count,
       this.lobbyCount,
     );
-    const leave = h(
+    this.leaveButton = h(
       'button',
       { id: 'leave', type: 'button', className: 'control danger', title: 'Leave the meeting', onclick: actions.leave },
       icon(icons.leave),
@@ -126,7 +127,7 @@ export class MeetingView {
           this.screenButton,
           this.handButton,
           this.peopleButton,
-          leave,
+          this.leaveButton,
         ),
         this.audioBox,
       ),
@@ -140,6 +141,12 @@ export class MeetingView {
     const css = this.reported.get(trackId) ?? this.heights.get(trackId);
     // Up to 2× device pixels: a sharper layer on HiDPI screens, but not a 4K one for a phone.
     return css === undefined ? undefined : css * Math.min(window.devicePixelRatio || 1, 2);
+  }
+
+  /** An add-on's side panel (chat, whiteboard, ...) beside the stage, its toggle among the controls. */
+  addSidePanel(panel: HTMLElement, toggle: HTMLElement): void {
+    this.panel.before(panel);
+    this.leaveButton.before(toggle);
   }
 
   setStatus(text: string): void {
