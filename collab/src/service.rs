@@ -27,8 +27,9 @@ const SNAPSHOT_EVERY: u64 = 200;
 const MAX_CATCH_UP_EVENTS: u64 = 5000;
 const MAX_OP_ID_BYTES: usize = 64;
 const MAX_VOLATILE_BYTES: usize = 4096;
-/// Writes retried after a conflict with another node.
-const WRITE_ATTEMPTS: usize = 5;
+/// Writes retried after a conflict with another node (each after catching up and a short
+/// random pause, so that two busy nodes do not keep colliding).
+const WRITE_ATTEMPTS: u32 = 20;
 const CATCH_UP_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn now_ms() -> i64 {
@@ -196,7 +197,7 @@ impl Objects {
         body: Value,
     ) -> Result<(u64, bool), CollabError> {
         let author = actor.author();
-        for _ in 0..WRITE_ATTEMPTS {
+        for attempt in 0..WRITE_ATTEMPTS {
             let mut guard = self.lock(key).await?;
             let Some(live) = guard.as_mut() else {
                 return Err(CollabError::unavailable("object not loaded"));
@@ -228,6 +229,8 @@ impl Objects {
                 Err(StoreError::Conflict) => {
                     // Another node stored this seq first: catch up, decide again.
                     self.replay(key, live, true).await.map_err(unavailable)?;
+                    drop(guard);
+                    back_off(attempt).await;
                 }
                 Err(e) => return Err(unavailable(e)),
             }
@@ -244,7 +247,7 @@ impl Objects {
         author: &Author,
         event_body: Value,
     ) -> Result<u64, CollabError> {
-        for _ in 0..WRITE_ATTEMPTS {
+        for attempt in 0..WRITE_ATTEMPTS {
             let mut guard = self.lock(key).await?;
             let Some(live) = guard.as_mut() else {
                 return Err(CollabError::unavailable("object not loaded"));
@@ -257,6 +260,8 @@ impl Objects {
                 Ok(()) => return Ok(seq),
                 Err(StoreError::Conflict) => {
                     self.replay(key, live, true).await.map_err(unavailable)?;
+                    drop(guard);
+                    back_off(attempt).await;
                 }
                 Err(e) => return Err(unavailable(e)),
             }
@@ -469,6 +474,13 @@ impl Objects {
         debug!(object = %key, removed, "retention applied");
         Ok(removed)
     }
+}
+
+/// A random pause of up to 2^attempt ms (at most 64 ms) after losing a race for a seq.
+async fn back_off(attempt: u32) {
+    let ceiling = 1u64 << attempt.min(6);
+    let pause = rand::random::<u64>() % ceiling;
+    tokio::time::sleep(Duration::from_millis(pause)).await;
 }
 
 fn object_name(key: &ObjectKey) -> ObjectName {

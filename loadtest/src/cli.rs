@@ -26,12 +26,51 @@ pub enum Command {
     /// Measure the forwarding floor: the CPU cost of merely sending datagrams with `sendmmsg`
     /// to many loopback sockets (run it pinned, e.g. `taskset -c 0`).
     Floor(FloorArgs),
+    /// Collaboration benchmark: chat fan-out to many members and a late joiner on a large
+    /// whiteboard (a running server with collaboration on).
+    Collab(CollabArgs),
     /// Check scenario files and show what they would do, without connecting.
     Check {
         /// Scenario files (TOML).
         #[arg(required = true)]
         scenarios: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct CollabArgs {
+    /// The server (http://HOST:PORT).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// The server's token secret. Default: read DATA_DIR/token-secret.
+    #[arg(long, env = "TING_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    #[arg(long, env = "TING_DATA_DIR", default_value = "ting-data")]
+    pub data_dir: PathBuf,
+    /// Room (a fresh name per run keeps runs apart).
+    #[arg(long, default_value = "collab-bench")]
+    pub room: String,
+    /// Members following the chat.
+    #[arg(long, default_value_t = 1000)]
+    pub members: usize,
+    /// Chat messages posted.
+    #[arg(long, default_value_t = 100)]
+    pub messages: usize,
+    /// Pause between messages, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub interval_ms: u64,
+    /// Whiteboard elements written before the late joiners come.
+    #[arg(long, default_value_t = 10_000)]
+    pub elements: usize,
+    /// Late joiners, one after the other.
+    #[arg(long, default_value_t = 10)]
+    pub joiners: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub time_limit: u64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -119,6 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Run(run) => run_scenario(run),
         Command::Floor(floor) => run_floor(&floor),
+        Command::Collab(args) => run_collab(args),
         Command::Check { scenarios } => check(&scenarios),
     }
 }
@@ -183,6 +223,31 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("ting-loadtest: report written to {}", path.display());
     }
     print!("{}", report.summary());
+    Ok(())
+}
+
+fn run_collab(args: CollabArgs) -> anyhow::Result<()> {
+    let config = crate::collab::CollabBenchConfig {
+        server: args.server.clone(),
+        secret: resolve_secret(args.token_secret.as_deref(), &args.data_dir)?,
+        room: args.room.clone(),
+        members: args.members,
+        messages: args.messages,
+        interval: Duration::from_millis(args.interval_ms),
+        elements: args.elements,
+        joiners: args.joiners,
+        time_limit: Duration::from_secs(args.time_limit),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(crate::collab::run(config))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.report {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{json}");
     Ok(())
 }
 

@@ -23,6 +23,7 @@
 //! - [`ws`]: the JSON WebSocket with a reader task under both signalling clients.
 
 pub mod cli;
+pub mod collab;
 pub mod floor;
 pub mod health;
 pub mod janus;

@@ -24,6 +24,7 @@ mod whip;
 use std::future::Future;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 pub use http::{app, media_node_app};
 pub use hub::{Hub, HubError, SignallingConfig};
 pub use media::{MediaPlane, Site};
@@ -44,6 +45,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     tokio::spawn(hub.clone().flush_rosters_until_shutdown());
     let drain = hub.clone();
+    // Signalling sends small messages back to back (a snapshot, then `synced`): without
+    // TCP_NODELAY the second waits for the client's delayed ACK, some 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY not set: {e}");
+        }
+    });
     axum::serve(listener, app(hub.clone()))
         .with_graceful_shutdown(async move {
             shutdown.await;

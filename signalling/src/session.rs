@@ -294,6 +294,7 @@ where
             return;
         }
         let lagged = collab.lagged().clone();
+        let shutdown = self.hub.shutdown_token().clone();
         loop {
             tokio::select! {
                 Some(event) = events.recv() => {
@@ -303,6 +304,12 @@ where
                 }
                 _ = lagged.cancelled() => {
                     self.close(CLOSE_PROTOCOL, "too slow").await;
+                    return;
+                }
+                _ = shutdown.cancelled() => {
+                    // The client reconnects (to another node, in a cluster) and catches up.
+                    self.send(&ServerMessage::Bye { reason: LeaveReason::ServerShutdown }).await;
+                    self.close(1001, "server shutting down").await;
                     return;
                 }
                 incoming = self.next() => match incoming {

@@ -749,6 +749,98 @@ async fn bad_input_gets_clear_errors_and_harms_nobody(db: Db) {
     server.shutdown().await;
 }
 
+/// Two nodes of a cluster on one PostgreSQL and one Redis: a write on one node reaches a
+/// subscriber on the other, and concurrent writes from both get one order everywhere.
+#[tokio::test]
+async fn cluster_nodes_share_objects_through_postgres_and_a_redis_stream() {
+    let prefix = format!(
+        "ting-test:collab-{}",
+        hex::encode(rand::random::<[u8; 4]>())
+    );
+    let url = postgres().unwrap();
+    let a = TestServer::start_cluster_with_collab(
+        common::cluster_node(&prefix, "node-a", 50),
+        url.clone(),
+    )
+    .await;
+    let b = TestServer::start_cluster_with_collab(common::cluster_node(&prefix, "node-b", 50), url)
+        .await;
+    let room = fresh_room("cluster");
+    let mut ann = collab_client(&a, &room, "ann", Role::Speaker).await;
+    let mut bob = collab_client(&b, &room, "bob", Role::Speaker).await;
+    for client in [&mut ann, &mut bob] {
+        client.send(&subscribe(Channel::Chat, None)).await;
+        catch_up(client).await;
+    }
+    ann.send(&write(
+        Channel::Chat,
+        "hello",
+        json!({"op":"post","text":"from node a"}),
+    ))
+    .await;
+    ack(&mut ann, "hello").await;
+    let event = tokio::time::timeout(
+        Duration::from_secs(3),
+        bob.expect("the event from node a", |m| {
+            matches!(m, ServerMessage::Collab(_))
+        }),
+    )
+    .await
+    .expect("fanned out within 3 s");
+    let ServerMessage::Collab(event) = event else {
+        unreachable!()
+    };
+    assert_eq!(
+        (event.seq, event.body["text"].as_str()),
+        (Some(1), Some("from node a"))
+    );
+
+    // Both nodes write at once: every write is stored once, and both subscribers see the same
+    // sequence.
+    const EACH: usize = 15;
+    for i in 0..EACH {
+        ann.send(&write(
+            Channel::Chat,
+            &format!("a{i}"),
+            json!({"op":"post","text":format!("a{i}")}),
+        ))
+        .await;
+        bob.send(&write(
+            Channel::Chat,
+            &format!("b{i}"),
+            json!({"op":"post","text":format!("b{i}")}),
+        ))
+        .await;
+    }
+    async fn collect(client: &mut Client, want: usize) -> Vec<(u64, String)> {
+        let mut seen = Vec::new();
+        let mut other = Vec::new();
+        while seen.len() < want {
+            let Ok(Some(message)) = client.recv_within(Duration::from_secs(10)).await else {
+                panic!("after {} events: {seen:?}, also {other:?}", seen.len());
+            };
+            match message {
+                ServerMessage::Collab(e) if e.seq.unwrap() > 1 => {
+                    seen.push((e.seq.unwrap(), e.body["text"].as_str().unwrap().to_owned()));
+                }
+                ServerMessage::CollabAck { .. } => {}
+                message => other.push(message),
+            }
+        }
+        seen
+    }
+    let (seen_a, seen_b) = tokio::join!(collect(&mut ann, 2 * EACH), collect(&mut bob, 2 * EACH));
+    assert_eq!(seen_a, seen_b, "one order on both nodes");
+    let seqs: Vec<u64> = seen_a.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (2..=(2 * EACH as u64 + 1)).collect::<Vec<_>>());
+    let mut texts: Vec<&str> = seen_a.iter().map(|(_, t)| t.as_str()).collect();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), 2 * EACH, "each write stored once");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {

@@ -111,6 +111,27 @@ impl TestServer {
         Self::start_full(Duration::from_secs(5), 1, None, Some(settings), dir).await
     }
 
+    /// A cluster node with the collaboration add-ons on a shared database.
+    pub async fn start_cluster_with_collab(
+        cluster: ting::config::ClusterConfig,
+        database_url: String,
+    ) -> Self {
+        let dir = temp_dir("cluster-collab");
+        let settings = ting::config::CollabSettings {
+            database_url,
+            blobs: ting_collab::BlobConfig::Local(dir.0.join("files")),
+            limits: ting_collab::FileLimits::default(),
+        };
+        Self::start_full(
+            Duration::from_secs(5),
+            1,
+            Some(cluster),
+            Some(settings),
+            dir,
+        )
+        .await
+    }
+
     async fn start_full(
         resume_grace: Duration,
         shards: usize,
