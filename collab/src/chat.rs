@@ -21,8 +21,6 @@ const MAX_PAGE: usize = 200;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ChatState {
     messages: BTreeMap<u64, Message>,
-    /// Last message id each identity has read.
-    read: BTreeMap<String, u64>,
     #[serde(skip)]
     index: SearchIndex,
 }
@@ -85,9 +83,6 @@ enum Command {
         #[serde(default = "yes")]
         on: bool,
     },
-    Read {
-        up_to: u64,
-    },
 }
 
 fn yes() -> bool {
@@ -118,9 +113,6 @@ enum Event {
         id: u64,
         emoji: String,
         on: bool,
-    },
-    Read {
-        up_to: u64,
     },
 }
 
@@ -211,7 +203,6 @@ impl ChatState {
                 }
                 Event::Reacted { id, emoji, on }
             }
-            Command::Read { up_to } => Event::Read { up_to },
         };
         serde_json::to_value(event).map_err(|e| CollabError::bad(e.to_string()))
     }
@@ -293,10 +284,6 @@ impl ChatState {
                     }
                 }
             }
-            Event::Read { up_to } => {
-                let marker = self.read.entry(event.author.identity.clone()).or_default();
-                *marker = (*marker).max(up_to);
-            }
         }
     }
 
@@ -309,7 +296,8 @@ impl ChatState {
         self.index = index;
     }
 
-    pub fn client_snapshot(&self, actor: &Actor) -> Value {
+    /// The latest page; the service adds the reader's `read_up_to` (kept outside the log).
+    pub fn client_snapshot(&self, _actor: &Actor) -> Value {
         let latest: Vec<&Message> = self
             .messages
             .values()
@@ -319,7 +307,7 @@ impl ChatState {
             .collect();
         json!({
             "messages": latest.into_iter().rev().collect::<Vec<_>>(),
-            "read_up_to": self.read.get(&actor.identity).copied().unwrap_or(0),
+            "read_up_to": 0,
             "count": self.messages.len(),
         })
     }

@@ -153,6 +153,12 @@ impl Collab {
         }
         check_envelope(op_id, &body, false)?;
         let key = key_for(actor, channel, object);
+        if channel == Channel::Chat && body.get("op").and_then(Value::as_str) == Some("read") {
+            let read: ReadMarker = serde_json::from_value(body)
+                .map_err(|e| CollabError::bad(format!("invalid op: {e}")))?;
+            let (_, seq) = self.objects.mark_read(actor, &key, read.up_to).await?;
+            return Ok((seq, false));
+        }
         self.objects.write(actor, &key, op_id, body).await
     }
 
@@ -286,6 +292,15 @@ impl Collab {
         }
         records::remove_file(self, &room, &file, &actor.identity, "file deleted").await
     }
+}
+
+/// `{"op": "read", "up_to": N}`: a chat read marker (kept outside the event log).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadMarker {
+    #[serde(rename = "op")]
+    _op: String,
+    up_to: u64,
 }
 
 /// One socket's collab side: its identity, its subscriptions, its outbox.

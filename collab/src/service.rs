@@ -47,6 +47,7 @@ struct Live {
 
 #[derive(Clone)]
 struct Subscriber {
+    identity: String,
     tx: mpsc::Sender<ServerMessage>,
     lagged: CancellationToken,
 }
@@ -341,6 +342,7 @@ impl Objects {
             subscribers.entry(key.clone()).or_default().insert(
                 id,
                 Subscriber {
+                    identity: actor.identity.clone(),
                     tx: tx.clone(),
                     lagged: lagged.clone(),
                 },
@@ -374,12 +376,23 @@ impl Objects {
                     messages.push(event_message(key, &event, body));
                 }
             }
-            None => messages.push(ServerMessage::CollabSnapshot {
-                channel,
-                object: object.clone(),
-                seq: live.seq,
-                state: live.state.client_snapshot(actor),
-            }),
+            None => {
+                let mut state = live.state.client_snapshot(actor);
+                if key.channel == Channel::Chat {
+                    let marker = self
+                        .store
+                        .read_marker(&key.room, key.name.as_str(), &actor.identity)
+                        .await
+                        .map_err(unavailable)?;
+                    state["read_up_to"] = marker.unwrap_or(0).into();
+                }
+                messages.push(ServerMessage::CollabSnapshot {
+                    channel,
+                    object: object.clone(),
+                    seq: live.seq,
+                    state,
+                });
+            }
         }
         messages.push(ServerMessage::CollabSynced {
             channel,
@@ -410,6 +423,44 @@ impl Objects {
     pub(crate) fn is_subscribed(&self, key: &ObjectKey, id: u64) -> bool {
         let subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         subscribers.get(key).is_some_and(|s| s.contains_key(&id))
+    }
+
+    /// A chat read marker: stored outside the log and told only to the reader's own sockets
+    /// (its other devices). Returns the marker and the object's current seq.
+    pub(crate) async fn mark_read(
+        &self,
+        actor: &Actor,
+        key: &ObjectKey,
+        up_to: u64,
+    ) -> Result<(u64, u64), CollabError> {
+        let (_, seq) = self.with_state(key, |_| ()).await?;
+        let marker = self
+            .store
+            .set_read_marker(
+                &key.room,
+                key.name.as_str(),
+                &actor.identity,
+                up_to.min(seq),
+            )
+            .await
+            .map_err(unavailable)?;
+        let message = ServerMessage::Collab(CollabEvent {
+            channel: key.channel,
+            object: object_name(key),
+            seq: None,
+            op_id: None,
+            author: actor.author(),
+            at: now_ms(),
+            volatile: true,
+            body: serde_json::json!({"event": "read", "up_to": marker}),
+        });
+        let subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        for sub in subscribers.get(key).into_iter().flat_map(|s| s.values()) {
+            if sub.identity == actor.identity {
+                let _ = sub.tx.try_send(message.clone());
+            }
+        }
+        Ok((marker, seq))
     }
 
     pub(crate) fn volatile(&self, actor: &Actor, key: &ObjectKey, from: u64, body: Value) {

@@ -312,6 +312,49 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Moves a reader's marker forward (never back); returns where it now is.
+    pub async fn set_read_marker(
+        &self,
+        room: &str,
+        object: &str,
+        identity: &str,
+        up_to: u64,
+    ) -> Result<u64, StoreError> {
+        sqlx::query(
+            "INSERT INTO collab_read_markers (room, object, identity, up_to) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (room, object, identity) DO UPDATE SET up_to = CASE \
+             WHEN excluded.up_to > collab_read_markers.up_to THEN excluded.up_to \
+             ELSE collab_read_markers.up_to END",
+        )
+        .bind(room)
+        .bind(object)
+        .bind(identity)
+        .bind(as_i64(up_to))
+        .execute(&self.pool)
+        .await?;
+        Ok(self
+            .read_marker(room, object, identity)
+            .await?
+            .unwrap_or(up_to))
+    }
+
+    pub async fn read_marker(
+        &self,
+        room: &str,
+        object: &str,
+        identity: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT up_to FROM collab_read_markers WHERE room = $1 AND object = $2 AND identity = $3",
+        )
+        .bind(room)
+        .bind(object)
+        .bind(identity)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| as_u64(r.get(0))))
+    }
+
     // --- files ---
 
     pub async fn insert_upload(&self, upload: &Upload) -> Result<(), StoreError> {

@@ -167,6 +167,72 @@ async fn reconnect_since_returns_exactly_the_missed_events(db: Db) {
     server.shutdown().await;
 }
 
+/// Read markers are stored outside the log and reach only the reader's own sockets.
+async fn read_markers_stay_with_their_reader(db: Db) {
+    let server = start(&db).await;
+    let room = fresh_room("read");
+    let mut phone = collab_client(&server, &room, "ann", Role::Speaker).await;
+    let mut laptop = collab_client(&server, &room, "ann", Role::Speaker).await;
+    let mut bob = collab_client(&server, &room, "bob", Role::Speaker).await;
+    for client in [&mut phone, &mut laptop, &mut bob] {
+        client.send(&subscribe(Channel::Chat, None)).await;
+        catch_up(client).await;
+    }
+    bob.send(&write(
+        Channel::Chat,
+        "m1",
+        json!({"op":"post","text":"news"}),
+    ))
+    .await;
+    ack(&mut bob, "m1").await;
+    phone
+        .send(&write(Channel::Chat, "r1", json!({"op":"read","up_to":1})))
+        .await;
+    assert_eq!(ack(&mut phone, "r1").await, (1, false), "no event is made");
+    let told = laptop
+        .expect(
+            "the marker on the other device",
+            |m| matches!(m, ServerMessage::Collab(e) if e.body["event"] == "read"),
+        )
+        .await;
+    let ServerMessage::Collab(told) = told else {
+        unreachable!()
+    };
+    assert_eq!((told.seq, told.body["up_to"].as_u64()), (None, Some(1)));
+    // Bob hears nothing of it; the next message is seq 2.
+    bob.send(&write(
+        Channel::Chat,
+        "m2",
+        json!({"op":"post","text":"more"}),
+    ))
+    .await;
+    assert_eq!(ack(&mut bob, "m2").await, (2, false));
+    while let Ok(Some(m)) = bob.recv_within(Duration::from_millis(200)).await {
+        assert!(
+            matches!(&m, ServerMessage::Collab(e) if e.body["event"] == "posted"),
+            "only posts reach Bob: {m:?}"
+        );
+    }
+    // A marker never moves back, and a new device starts from it.
+    phone
+        .send(&write(Channel::Chat, "r0", json!({"op":"read","up_to":0})))
+        .await;
+    ack(&mut phone, "r0").await;
+    let mut tablet = collab_client(&server, &room, "ann", Role::Speaker).await;
+    tablet.send(&subscribe(Channel::Chat, None)).await;
+    let (_, snapshot, _) = catch_up(&mut tablet).await;
+    assert_eq!(snapshot.unwrap()["read_up_to"], 1);
+    phone
+        .send(&write(
+            Channel::Chat,
+            "rx",
+            json!({"op":"read","up_to":"soon"}),
+        ))
+        .await;
+    assert_eq!(collab_error(&mut phone).await, CollabErrorCode::BadOp);
+    server.shutdown().await;
+}
+
 async fn a_duplicate_op_id_is_applied_once(db: Db) {
     let server = start(&db).await;
     let room = fresh_room("dup");
@@ -854,6 +920,7 @@ macro_rules! on_both_databases {
 
 on_both_databases!(
     reconnect_since_returns_exactly_the_missed_events,
+    read_markers_stay_with_their_reader,
     a_duplicate_op_id_is_applied_once,
     restart_keeps_chat_boards_whiteboard_and_files,
     tus_uploads_resume_verify_and_refuse,

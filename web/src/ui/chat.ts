@@ -192,6 +192,12 @@ export class ChatPanel implements ObjectListener {
   }
 
   volatile(ev: CollabEvent): void {
+    // Read markers are not in the log: the server tells only our own other devices.
+    if (ev.body.event === 'read' && ev.author.identity === this.ctx.client.self.identity) {
+      this.readUpTo = Math.max(this.readUpTo, Number(ev.body.up_to) || 0);
+      this.schedule();
+      return;
+    }
     if (ev.body.typing !== true || ev.author.identity === this.ctx.client.self.identity) return;
     this.stopTyping(ev.author.identity);
     const timer = window.setTimeout(() => this.stopTyping(ev.author.identity), TYPING_SHOW_MS);
