@@ -166,6 +166,11 @@ impl Collab {
         Ok(report)
     }
 
+    /// Objects held in memory now.
+    pub fn loaded_objects(&self) -> usize {
+        self.objects.loaded()
+    }
+
     /// Records a moderator action of the meeting (mute, remove, lock…) in the room's audit log.
     pub async fn audit(&self, room: &str, actor: &str, action: &str, detail: &str) {
         if let Err(e) = self
@@ -190,7 +195,8 @@ impl Collab {
             .map_err(|e| CollabError::unavailable(e.to_string()))
     }
 
-    /// One pass of the background work: expired uploads go, retention rules apply.
+    /// One pass of the background work: expired uploads go, retention rules apply, objects
+    /// nobody follows leave memory.
     pub async fn sweep(&self, now_ms: i64) {
         match self.store().expired_uploads(now_ms).await {
             Ok(expired) => {
@@ -213,6 +219,10 @@ impl Collab {
                 }
             }
             Err(e) => warn!("retention rules not read: {e}"),
+        }
+        let evicted = self.objects.evict_idle();
+        if evicted > 0 {
+            tracing::debug!(evicted, "idle collab objects unloaded");
         }
     }
 }

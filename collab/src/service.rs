@@ -151,6 +151,25 @@ impl Objects {
         }
     }
 
+    /// Drops objects nobody follows or uses from memory (they load again from storage on the
+    /// next use). Returns how many went.
+    pub(crate) fn evict_idle(&self) -> usize {
+        let followed: Vec<ObjectKey> = {
+            let subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+            subscribers.keys().cloned().collect()
+        };
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let before = live.len();
+        // Under the map's lock nobody can take a new handle to a slot: one held only by the
+        // map is idle.
+        live.retain(|key, slot| followed.contains(key) || Arc::strong_count(slot) > 1);
+        before - live.len()
+    }
+
+    pub(crate) fn loaded(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Catches an object up with events other nodes stored (called on a fan-out notice).
     pub(crate) async fn refresh(&self, key: &ObjectKey) {
         let slot = {

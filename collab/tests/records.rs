@@ -112,6 +112,19 @@ async fn retention_removes_old_records_audits_and_keeps_boards() {
         "members do not read the audit log"
     );
 
+    // Nobody follows these objects: a sweep unloads them, and they load again unchanged.
+    assert!(collab.loaded_objects() >= 2);
+    collab.sweep(ting_collab_now()).await;
+    assert_eq!(collab.loaded_objects(), 0);
+    let (columns, _) = collab
+        .read(&ann, Channel::Board, &main, |s| match s {
+            ting_collab::ObjectState::Board(board) => board.columns.len(),
+            _ => 99,
+        })
+        .await
+        .unwrap();
+    assert_eq!(columns, 1);
+
     // The archive lists what is left and is audited.
     let mut archive = collab.export(&host).await.unwrap();
     let mut tar = Vec::new();

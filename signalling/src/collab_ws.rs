@@ -3,7 +3,7 @@
 
 use ting_collab::{Access, Actor, CollabError, CollabSession};
 use ting_protocol::collab::{Channel, CollabErrorCode, ObjectName};
-use ting_protocol::{ClientMessage, ErrorCode, ServerMessage};
+use ting_protocol::{ClientMessage, ErrorCode, ParticipantId, ServerMessage};
 
 use crate::hub::HubError;
 use crate::token::Claims;
@@ -151,15 +151,20 @@ pub fn is_collab(message: &ClientMessage) -> bool {
     )
 }
 
-/// The audit log entry of a moderator action (recorded once it succeeded).
-pub fn moderation_audit(message: &ClientMessage) -> Option<(&'static str, String)> {
+/// The audit log entry of a moderator action (recorded once it succeeded); `who` names a
+/// participant by identity.
+pub fn moderation_audit(
+    message: &ClientMessage,
+    who: impl Fn(ParticipantId) -> Option<String>,
+) -> Option<(&'static str, String)> {
+    let name = |id: &ParticipantId| who(*id).unwrap_or_else(|| format!("participant {id}"));
     Some(match message {
         ClientMessage::SetRole {
             participant_id,
             role,
         } => (
             "role changed",
-            format!("participant {participant_id} to {role:?}"),
+            format!("{} to {role:?}", name(participant_id)),
         ),
         ClientMessage::MuteParticipant {
             participant_id,
@@ -171,13 +176,12 @@ pub fn moderation_audit(message: &ClientMessage) -> Option<(&'static str, String
             } else {
                 "unmute allowed"
             },
-            format!("participant {participant_id} {kind:?}"),
+            format!("{} {kind:?}", name(participant_id)),
         ),
         ClientMessage::MuteAll { kind } => ("everyone muted", format!("{kind:?}")),
-        ClientMessage::RemoveParticipant { participant_id } => (
-            "participant removed",
-            format!("participant {participant_id}"),
-        ),
+        ClientMessage::RemoveParticipant { participant_id } => {
+            ("participant removed", name(participant_id))
+        }
         ClientMessage::UpdateRoom {
             locked,
             lobby,
@@ -186,12 +190,8 @@ pub fn moderation_audit(message: &ClientMessage) -> Option<(&'static str, String
             "room settings changed",
             format!("locked {locked:?}, lobby {lobby:?}, self-unmute {allow_self_unmute:?}"),
         ),
-        ClientMessage::Admit { participant_id } => {
-            ("admitted", format!("participant {participant_id}"))
-        }
-        ClientMessage::Deny { participant_id } => {
-            ("denied", format!("participant {participant_id}"))
-        }
+        ClientMessage::Admit { participant_id } => ("admitted", name(participant_id)),
+        ClientMessage::Deny { participant_id } => ("denied", name(participant_id)),
         _ => return None,
     })
 }

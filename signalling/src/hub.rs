@@ -858,6 +858,13 @@ impl Hub {
         self.rooms().room_of(participant).cloned()
     }
 
+    /// A participant's identity and name (for the audit log).
+    pub fn who(&self, participant: ParticipantId) -> Option<String> {
+        let rooms = self.rooms();
+        let member = rooms.member(participant)?;
+        Some(format!("{} ({})", member.info.identity, member.info.name))
+    }
+
     fn new_track_id(&self) -> TrackId {
         TrackId(self.0.next_track.fetch_add(1, Ordering::Relaxed))
     }

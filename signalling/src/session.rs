@@ -414,7 +414,7 @@ where
                         }
                     }
                     Incoming::Message(message) => {
-                        let audit = collab_ws::moderation_audit(&message);
+                        let audit = collab_ws::moderation_audit(&message, |id| self.hub.who(id));
                         match self.handle(participant, message).await {
                             Ok(()) => {
                                 if let (Some((action, detail)), Some(collab)) = (audit, self.hub.collab()) {

@@ -907,6 +907,57 @@ async fn cluster_nodes_share_objects_through_postgres_and_a_redis_stream() {
     b.shutdown().await;
 }
 
+/// The meeting's moderator actions land in the room's audit log, readable by moderators only.
+#[tokio::test]
+async fn moderator_actions_are_audited() {
+    let server = start(&None).await;
+    let room = fresh_room("audit");
+    let host_token = server.token(&room, "hana", Role::Host);
+    let (mut host, _) = Client::join(&server, &host_token).await;
+    let (_carl, joined) = Client::join(&server, &server.token(&room, "carl", Role::Speaker)).await;
+    let (carl_id, _) = common::participant_of(&joined);
+    host.send(&ClientMessage::MuteParticipant {
+        participant_id: carl_id,
+        kind: ting_protocol::TrackKind::Audio,
+        muted: true,
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let audit_url = server.url(&format!("/api/rooms/{room}/audit"));
+    let mut entries = Value::Null;
+    for _ in 0..40 {
+        entries = http
+            .get(&audit_url)
+            .bearer_auth(&host_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if entries.as_array().is_some_and(|e| !e.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let entry = &entries[0];
+    assert_eq!(entry["action"], "participant muted");
+    assert_eq!(entry["actor"], "hana");
+    assert!(
+        entry["detail"].as_str().unwrap().contains("carl"),
+        "{entry}"
+    );
+    let speaker = server.token(&room, "carl", Role::Speaker);
+    let refused = http
+        .get(&audit_url)
+        .bearer_auth(&speaker)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    server.shutdown().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
