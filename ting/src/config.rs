@@ -95,7 +95,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TING_DATABASE_URL")]
     pub database_url: Option<String>,
     /// File drop contents in an S3-compatible bucket instead of `files/` in the data directory
-    /// (credentials from TING_S3_ACCESS_KEY_ID and TING_S3_SECRET_ACCESS_KEY).
+    /// (with --s3-access-key-id and --s3-secret-access-key). A cluster's nodes need one shared
+    /// store: a bucket, or one directory they all mount.
     #[arg(long, env = "TING_S3_BUCKET")]
     pub s3_bucket: Option<String>,
     /// The S3 endpoint (MinIO, Ceph, Garage…); default AWS.
@@ -103,6 +104,10 @@ pub struct ServeArgs {
     pub s3_endpoint: Option<String>,
     #[arg(long, env = "TING_S3_REGION")]
     pub s3_region: Option<String>,
+    #[arg(long, env = "TING_S3_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+    #[arg(long, env = "TING_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
     /// Largest file in the file drop, in MiB (default 2048).
     #[arg(long, env = "TING_MAX_FILE_MB")]
     pub max_file_mb: Option<u64>,
@@ -318,10 +323,14 @@ fn resolve_collab(
                 .clone()
                 .or_else(|| file.s3_region.clone())
                 .unwrap_or_else(|| "us-east-1".into()),
-            access_key_id: std::env::var("TING_S3_ACCESS_KEY_ID")
-                .context("--s3-bucket needs TING_S3_ACCESS_KEY_ID")?,
-            secret_access_key: std::env::var("TING_S3_SECRET_ACCESS_KEY")
-                .context("--s3-bucket needs TING_S3_SECRET_ACCESS_KEY")?,
+            access_key_id: args
+                .s3_access_key_id
+                .clone()
+                .context("--s3-bucket needs --s3-access-key-id (TING_S3_ACCESS_KEY_ID)")?,
+            secret_access_key: args
+                .s3_secret_access_key
+                .clone()
+                .context("--s3-bucket needs --s3-secret-access-key (TING_S3_SECRET_ACCESS_KEY)")?,
         },
         None => BlobConfig::Local(data_dir.join("files")),
     };

@@ -178,6 +178,11 @@ fn compose_prometheus_and_grafana_refer_to_what_exists() {
                     deploy_dir().join(relative).exists(),
                     "{name} mounts missing {source}"
                 );
+            } else {
+                assert!(
+                    !compose["volumes"][source].is_badvalue(),
+                    "{name} mounts the undeclared volume {source}"
+                );
             }
             mounts.push(target.to_owned());
         }
