@@ -216,7 +216,35 @@ impl Objects {
         op_id: Option<&str>,
         body: Value,
     ) -> Result<(u64, bool), CollabError> {
-        let author = actor.author();
+        self.store_event(key, &actor.author(), op_id, |state, now_ms, seq| {
+            state.decide(Ctx { actor, now_ms, seq }, body.clone())
+        })
+        .await
+    }
+
+    /// A write made by the server itself (file drop announcements, retention).
+    pub(crate) async fn write_event(
+        &self,
+        key: &ObjectKey,
+        author: &Author,
+        event_body: Value,
+    ) -> Result<u64, CollabError> {
+        let (seq, _) = self
+            .store_event(key, author, None, |_, _, _| Ok(event_body.clone()))
+            .await?;
+        Ok(seq)
+    }
+
+    /// The write loop: under the object's lock, `make` turns the state (and the clock and the
+    /// next seq) into an event, which is stored, applied and announced. When another node
+    /// stored that seq first, catch up, pause at random and make it again.
+    async fn store_event(
+        &self,
+        key: &ObjectKey,
+        author: &Author,
+        op_id: Option<&str>,
+        make: impl Fn(&ObjectState, i64, u64) -> Result<Value, CollabError>,
+    ) -> Result<(u64, bool), CollabError> {
         for attempt in 0..WRITE_ATTEMPTS {
             let mut guard = self.lock(key).await?;
             let Some(live) = guard.as_mut() else {
@@ -231,53 +259,13 @@ impl Objects {
             {
                 return Ok((seq, true));
             }
-            let seq = live.seq + 1;
-            let now = now_ms();
-            let event_body = live.state.decide(
-                Ctx {
-                    actor,
-                    now_ms: now,
-                    seq,
-                },
-                body.clone(),
-            )?;
+            let (seq, now) = (live.seq + 1, now_ms());
+            let event_body = make(&live.state, now, seq)?;
             match self
-                .commit(key, live, seq, now, &author, op_id, event_body)
+                .commit(key, live, seq, now, author, op_id, event_body)
                 .await
             {
                 Ok(()) => return Ok((seq, false)),
-                Err(StoreError::Conflict) => {
-                    // Another node stored this seq first: catch up, decide again.
-                    self.replay(key, live, true).await.map_err(unavailable)?;
-                    drop(guard);
-                    back_off(attempt).await;
-                }
-                Err(e) => return Err(unavailable(e)),
-            }
-        }
-        Err(CollabError::unavailable(
-            "too many concurrent writes; retry",
-        ))
-    }
-
-    /// A write made by the server itself (file drop announcements, retention).
-    pub(crate) async fn write_event(
-        &self,
-        key: &ObjectKey,
-        author: &Author,
-        event_body: Value,
-    ) -> Result<u64, CollabError> {
-        for attempt in 0..WRITE_ATTEMPTS {
-            let mut guard = self.lock(key).await?;
-            let Some(live) = guard.as_mut() else {
-                return Err(CollabError::unavailable("object not loaded"));
-            };
-            let seq = live.seq + 1;
-            match self
-                .commit(key, live, seq, now_ms(), author, None, event_body.clone())
-                .await
-            {
-                Ok(()) => return Ok(seq),
                 Err(StoreError::Conflict) => {
                     self.replay(key, live, true).await.map_err(unavailable)?;
                     drop(guard);

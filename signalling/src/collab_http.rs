@@ -207,6 +207,21 @@ fn tus_headers(response: &mut Response, upload: &Upload) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
+/// What every tus request but OPTIONS checks first: the protocol header, the service, the
+/// member's token.
+#[allow(clippy::result_large_err)]
+fn tus_member<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+    room: &str,
+) -> Result<(&'a Collab, Actor), Response> {
+    check_tus(headers)?;
+    let collab = collab(state).map_err(IntoResponse::into_response)?;
+    let actor = member(state, headers, &TokenQuery::default(), room)
+        .map_err(IntoResponse::into_response)?;
+    Ok((collab, actor))
+}
+
 async fn tus_options(State(state): State<AppState>) -> Response {
     let limits = state.hub.collab().map(|c| c.limits());
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -249,10 +264,7 @@ async fn tus_create(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Response> {
-    check_tus(&headers)?;
-    let collab = collab(&state).map_err(IntoResponse::into_response)?;
-    let actor = member(&state, &headers, &TokenQuery::default(), &room)
-        .map_err(IntoResponse::into_response)?;
+    let (collab, actor) = tus_member(&state, &headers, &room)?;
     let length: u64 = headers
         .get("upload-length")
         .and_then(|v| v.to_str().ok())
@@ -287,10 +299,7 @@ async fn tus_head(
     Path((room, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Response> {
-    check_tus(&headers)?;
-    let collab = collab(&state).map_err(IntoResponse::into_response)?;
-    let actor = member(&state, &headers, &TokenQuery::default(), &room)
-        .map_err(IntoResponse::into_response)?;
+    let (collab, actor) = tus_member(&state, &headers, &room)?;
     let upload = collab.upload(&actor, &id).await.map_err(tus_error)?;
     let mut response = StatusCode::OK.into_response();
     tus_headers(&mut response, &upload);
@@ -326,10 +335,7 @@ async fn tus_patch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
-    check_tus(&headers)?;
-    let collab = collab(&state).map_err(IntoResponse::into_response)?;
-    let actor = member(&state, &headers, &TokenQuery::default(), &room)
-        .map_err(IntoResponse::into_response)?;
+    let (collab, actor) = tus_member(&state, &headers, &room)?;
     if headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -362,10 +368,7 @@ async fn tus_terminate(
     Path((room, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Response> {
-    check_tus(&headers)?;
-    let collab = collab(&state).map_err(IntoResponse::into_response)?;
-    let actor = member(&state, &headers, &TokenQuery::default(), &room)
-        .map_err(IntoResponse::into_response)?;
+    let (collab, actor) = tus_member(&state, &headers, &room)?;
     collab
         .terminate_upload(&actor, &id)
         .await
