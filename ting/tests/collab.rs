@@ -907,6 +907,138 @@ async fn cluster_nodes_share_objects_through_postgres_and_a_redis_stream() {
     b.shutdown().await;
 }
 
+/// An S3-compatible server (moto, installed by scripts/install-deps) on a free port, stopped
+/// when dropped.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]'; scripts/install-deps does)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if reqwest::get(&endpoint).await.is_ok() {
+                return Self { child, endpoint };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("moto_server did not start on {endpoint}");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The file drop on S3-compatible object storage: an upload interrupted and resumed, its
+/// chunks and the file as objects in the bucket, the download intact.
+#[tokio::test]
+async fn the_file_drop_works_on_s3_compatible_storage() {
+    let s3 = S3Server::start().await;
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.put(format!("{}/ting-files", s3.endpoint))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let dir = temp_dir("s3");
+    let settings = ting::config::CollabSettings {
+        database_url: format!("sqlite://{}", dir.0.join("ting.db").display()),
+        blobs: ting_collab::BlobConfig::S3 {
+            bucket: "ting-files".into(),
+            endpoint: Some(s3.endpoint.clone()),
+            region: "us-east-1".into(),
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+        },
+        limits: ting_collab::FileLimits::default(),
+    };
+    let server = TestServer::start_with_collab_settings(settings, dir).await;
+    let room = fresh_room("s3");
+    let token = server.token(&room, "ann", Role::Speaker);
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(40_503) >> 9) as u8)
+        .collect();
+    let created = tus_create(&http, &server, &room, &token, data.len(), "scan.pdf").await;
+    assert_eq!(created.status(), 201);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let first = data[..1_000_000].to_vec();
+    let done = tus_patch(
+        &http,
+        &server,
+        &location,
+        &token,
+        0,
+        first.clone().into(),
+        Some(&first),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.status(), 204);
+    assert_eq!(
+        tus_offset(&http, &server, &location, &token).await,
+        1_000_000
+    );
+    let rest = data[1_000_000..].to_vec();
+    let done = tus_patch(
+        &http,
+        &server,
+        &location,
+        &token,
+        1_000_000,
+        rest.into(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.status(), 204);
+    let file = file_ids(&server, &room).await.pop().unwrap();
+    let body = http
+        .get(server.url(&format!("/api/files/{room}/{file}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.status(), 200);
+    assert_eq!(
+        hex::encode(Sha256::digest(body.bytes().await.unwrap())),
+        hex::encode(Sha256::digest(&data))
+    );
+    // The bucket holds the file under ids only, and no chunks are left.
+    let listing = http
+        .get(format!("{}/ting-files?list-type=2", s3.endpoint))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listing.contains(&format!("files/{room}/{file}")),
+        "{listing}"
+    );
+    assert!(!listing.contains("uploads/"), "{listing}");
+    server.shutdown().await;
+}
+
 /// The meeting's moderator actions land in the room's audit log, readable by moderators only.
 #[tokio::test]
 async fn moderator_actions_are_audited() {

@@ -111,6 +111,14 @@ impl TestServer {
         Self::start_full(Duration::from_secs(5), 1, None, Some(settings), dir).await
     }
 
+    /// A server with these collaboration settings, keeping its data in `dir`.
+    pub async fn start_with_collab_settings(
+        settings: ting::config::CollabSettings,
+        dir: TempDir,
+    ) -> Self {
+        Self::start_full(Duration::from_secs(5), 1, None, Some(settings), dir).await
+    }
+
     /// A cluster node with the collaboration add-ons on a shared database.
     pub async fn start_cluster_with_collab(
         cluster: ting::config::ClusterConfig,
