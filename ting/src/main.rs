@@ -1,7 +1,6 @@
 //! `ting`: run the server, or mint join tokens for scripts.
 
 use std::io::Write;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -57,6 +56,10 @@ struct TokenArgs {
     /// Where the participant is (a cluster region name): its media goes to a node there.
     #[arg(long)]
     region: Option<String>,
+    /// A guest's collaboration grants, e.g. `chat,files:read` (channels chat, whiteboard,
+    /// board, files; `:read` for read only). Default: everything a member of the room may.
+    #[arg(long, value_delimiter = ',')]
+    collab: Option<Vec<String>>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,14 +131,21 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let data_dir = resolve_data_dir(&args.common, &file);
     let secret = resolve_secret(&args.common, &file, &data_dir)?;
     let name = args.name.as_deref().unwrap_or(&args.identity);
-    let token = TokenKeys::new(&secret)?.mint_in_region(
+    if let Some(grants) = &args.collab {
+        ting_collab::Access::from_grants(grants).map_err(|e| anyhow::anyhow!("--collab: {e}"))?;
+    }
+    let now = ting_signalling::token::unix_now();
+    let token = TokenKeys::new(&secret)?.sign(&ting_signalling::Claims {
         room,
-        &args.identity,
-        name,
-        args.role,
-        Duration::from_secs(args.ttl),
-        args.region,
-    )?;
+        sub: args.identity.clone(),
+        name: name.to_owned(),
+        role: args.role,
+        exp: now + args.ttl,
+        iat: Some(now),
+        region: args.region,
+        collab: args.collab,
+        file: None,
+    })?;
     println!("{token}");
     Ok(())
 }
