@@ -927,14 +927,18 @@ impl S3Server {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("moto_server (pip install 'moto[server]'; scripts/install-deps does)");
-        let endpoint = format!("http://127.0.0.1:{port}");
+        // Owned at once, so that a failure below still stops it (Drop).
+        let server = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
         for _ in 0..100 {
-            if reqwest::get(&endpoint).await.is_ok() {
-                return Self { child, endpoint };
+            if reqwest::get(&server.endpoint).await.is_ok() {
+                return server;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("moto_server did not start on {endpoint}");
+        panic!("moto_server did not start on {}", server.endpoint);
     }
 }
 
