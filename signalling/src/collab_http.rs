@@ -49,6 +49,7 @@ pub fn routes() -> Router<AppState> {
             "/api/rooms/{room}/whiteboards/{name}",
             get(whiteboard_export),
         )
+        .route("/api/rooms/{room}/objects", get(objects))
         .route("/api/rooms/{room}/export", get(export))
         .route("/api/rooms/{room}/audit", get(audit))
         .route(
@@ -574,6 +575,38 @@ async fn whiteboard_export(
         )
             .into_response())
     }
+}
+
+#[derive(Serialize)]
+struct ObjectEntry {
+    channel: ting_protocol::collab::Channel,
+    name: String,
+}
+
+/// The room's chat rooms, whiteboards and boards that hold data (those the token may read).
+async fn objects(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ObjectEntry>>, ApiError> {
+    let collab = collab(&state)?;
+    let actor = member(&state, &headers, &TokenQuery::default(), &room)?;
+    let keys = collab.store().objects(&actor.room).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(
+        keys.into_iter()
+            .filter(|k| actor.access.can_read(k.channel))
+            .map(|k| ObjectEntry {
+                channel: k.channel,
+                name: k.name.to_string(),
+            })
+            .collect(),
+    ))
 }
 
 async fn export(

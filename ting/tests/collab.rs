@@ -261,6 +261,17 @@ async fn a_duplicate_op_id_is_applied_once(db: Db) {
     ))
     .await;
     assert_eq!(ack(&mut bob, "col-1").await, (3, false));
+    // The room's objects are listed for members (what the token may read).
+    let listed: Value = reqwest::Client::new()
+        .get(server.url(&format!("/api/rooms/{room}/objects")))
+        .bearer_auth(server.token(&room, "bob", Role::Speaker))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed, json!([{"channel":"board","name":"main"}]));
     bob.send(&subscribe(Channel::Board, None)).await;
     let (_, snapshot, seq) = catch_up(&mut bob).await;
     let board = snapshot.unwrap();
