@@ -17,6 +17,8 @@ const MAX_DESCRIPTION_CHARS: usize = 20_000;
 const MAX_CARDS: usize = 20_000;
 const MAX_COLUMNS: usize = 100;
 const MAX_LIST: usize = 100;
+const MAX_LABELS: usize = 100;
+const MAX_COMMENTS: usize = 1000;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BoardState {
@@ -430,6 +432,11 @@ impl BoardState {
             }
             Command::SetLabel { id, name, color } => {
                 check_id(&id)?;
+                if !self.labels.contains_key(&id) && self.labels.len() >= MAX_LABELS {
+                    return Err(CollabError::too_large(format!(
+                        "at most {MAX_LABELS} labels"
+                    )));
+                }
                 check_text("a label", &name, 100)?;
                 if !(color.len() == 7 && color.starts_with('#')) {
                     return Err(CollabError::bad("label colours are #rrggbb"));
@@ -490,7 +497,11 @@ impl BoardState {
                 Event::CardDeleted { id }
             }
             Command::Comment { card, text } => {
-                self.card(&card)?;
+                if self.card(&card)?.comments.len() >= MAX_COMMENTS {
+                    return Err(CollabError::too_large(format!(
+                        "a card holds at most {MAX_COMMENTS} comments"
+                    )));
+                }
                 check_text("a comment", &text, MAX_DESCRIPTION_CHARS)?;
                 if text.trim().is_empty() {
                     return Err(CollabError::bad("a comment needs text"));

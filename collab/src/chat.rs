@@ -14,6 +14,8 @@ use crate::search::SearchIndex;
 pub const MAX_MESSAGE_CHARS: usize = 10_000;
 const MAX_MENTIONS: usize = 50;
 const MAX_REACTION_CHARS: usize = 16;
+/// Distinct reactions on one message.
+const MAX_REACTIONS: usize = 50;
 /// Messages in a subscriber's snapshot; older ones come with `history` queries.
 const SNAPSHOT_MESSAGES: usize = 50;
 const MAX_PAGE: usize = 200;
@@ -114,6 +116,10 @@ enum Event {
         emoji: String,
         on: bool,
     },
+    /// Retention: messages posted before `before` (unix ms) are gone, without a trace.
+    Expired {
+        before: i64,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,7 +203,15 @@ impl ChatState {
                 Event::Deleted { id }
             }
             Command::React { id, emoji, on } => {
-                self.live(id)?;
+                let message = self.live(id)?;
+                if on
+                    && !message.reactions.contains_key(&emoji)
+                    && message.reactions.len() >= MAX_REACTIONS
+                {
+                    return Err(CollabError::too_large(format!(
+                        "a message holds at most {MAX_REACTIONS} different reactions"
+                    )));
+                }
                 if emoji.is_empty() || emoji.chars().count() > MAX_REACTION_CHARS {
                     return Err(CollabError::bad("a reaction is 1-16 characters"));
                 }
@@ -270,6 +284,9 @@ impl ChatState {
                         at: event.at,
                     });
                 }
+            }
+            Event::Expired { before } => {
+                self.expire_before(before);
             }
             Event::Reacted { id, emoji, on } => {
                 if let Some(m) = self.messages.get_mut(&id) {
@@ -351,8 +368,12 @@ impl ChatState {
         }
     }
 
+    pub fn expiring_before(&self, cutoff_ms: i64) -> usize {
+        self.messages.values().filter(|m| m.at < cutoff_ms).count()
+    }
+
     /// Retention: messages posted before `cutoff_ms` go completely (no trace).
-    pub fn expire_before(&mut self, cutoff_ms: i64) -> usize {
+    fn expire_before(&mut self, cutoff_ms: i64) -> usize {
         let old: Vec<u64> = self
             .messages
             .values()

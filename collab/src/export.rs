@@ -18,8 +18,11 @@ use crate::svg::{self, Images};
 
 /// Channel capacity of the archive stream, in blocks.
 const ARCHIVE_QUEUE: usize = 16;
-/// Largest image embedded into an SVG export.
+/// Largest image embedded into an SVG export, and most bytes of images in one export.
 const MAX_EMBEDDED_IMAGE: u64 = 10 << 20;
+const MAX_EMBEDDED_TOTAL: u64 = 50 << 20;
+/// PNG renders at once (each may take a large canvas).
+static RENDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// Writes into the response stream from the blocking archive thread.
 struct ChannelWriter {
@@ -72,18 +75,24 @@ impl Collab {
             })
             .await?;
         let scene = scene.ok_or_else(|| CollabError::not_found("not a whiteboard"))?;
+        // Pictures come from the file drop: only for those who may read files, only images,
+        // within a budget.
         let mut images = Images::new();
+        let mut budget = MAX_EMBEDDED_TOTAL;
+        let may_read_files = actor.access.can_read(Channel::Files);
         for element in scene.ordered() {
             let Some(file_id) = element.file_id.as_deref() else {
                 continue;
             };
-            if element.is_deleted || images.contains_key(file_id) {
+            if !may_read_files || element.is_deleted || images.contains_key(file_id) {
                 continue;
             }
             if let Ok((info, stream)) = self.open_file(&actor.room, file_id).await
-                && info.size <= MAX_EMBEDDED_IMAGE
+                && info.mime.starts_with("image/")
+                && info.size <= MAX_EMBEDDED_IMAGE.min(budget)
                 && let Ok(chunks) = stream.try_collect::<Vec<Bytes>>().await
             {
+                budget -= info.size;
                 images.insert(file_id.to_owned(), (info.mime, chunks.concat()));
             }
         }
@@ -96,6 +105,10 @@ impl Collab {
         name: &ObjectName,
     ) -> Result<Vec<u8>, CollabError> {
         let svg = self.whiteboard_svg(actor, name).await?;
+        let _permit = RENDERS
+            .acquire()
+            .await
+            .map_err(|e| CollabError::unavailable(e.to_string()))?;
         tokio::task::spawn_blocking(move || svg::render_png(&svg))
             .await
             .map_err(|e| CollabError::unavailable(e.to_string()))?

@@ -309,13 +309,14 @@ impl FileDrop {
         }
     }
 
-    /// Joins a finished upload's chunks into the file and records it.
+    /// Joins a finished upload's chunks into the file and records it; `None` when another
+    /// request finished the upload first.
     pub(crate) async fn finish(
         &self,
         store: &Store,
         upload: &Upload,
         now_ms: i64,
-    ) -> Result<FileInfo, FileError> {
+    ) -> Result<Option<FileInfo>, FileError> {
         let file_id = random_id();
         let target = file_path(&upload.room, &file_id);
         let mut chunks: Vec<Path> = self
@@ -355,11 +356,17 @@ impl FileDrop {
             uploader: upload.uploader.clone(),
             at: now_ms,
         };
-        store
-            .complete_upload(&upload.id, &file, &upload.room)
-            .await?;
+        match store.complete_upload(&upload.id, &file, &upload.room).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                // Finished by another request meanwhile: this copy is not needed.
+                let _ = self.blobs.delete(&target).await;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.remove_chunks(&upload.id).await;
-        Ok(file)
+        Ok(Some(file))
     }
 
     pub(crate) async fn remove_chunks(&self, upload: &str) {

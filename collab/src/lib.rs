@@ -30,7 +30,7 @@ use futures_util::Stream;
 use futures_util::stream::BoxStream;
 use serde_json::Value;
 use ting_protocol::ServerMessage;
-use ting_protocol::collab::{Channel, ObjectName};
+use ting_protocol::collab::{Author, Channel, ObjectName};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -84,11 +84,6 @@ impl std::fmt::Debug for Collab {
     }
 }
 
-/// The author the server writes as (file announcements, retention).
-fn system_author(actor: &Actor) -> ting_protocol::collab::Author {
-    actor.author()
-}
-
 impl Collab {
     /// Connects storage (running migrations) and, in a cluster, the fan-out. Background
     /// tasks (fan-out reader, expired-upload and retention sweeps) stop with `shutdown`.
@@ -130,7 +125,7 @@ impl Collab {
         CollabSession {
             collab: self.clone(),
             id: self.objects.add_subscriber_id(),
-            actor,
+            actor: std::sync::Mutex::new(actor),
             tx,
             lagged: CancellationToken::new(),
             subscribed: std::sync::Mutex::new(Vec::new()),
@@ -197,8 +192,14 @@ impl Collab {
             .await
     }
 
+    /// An upload's state (tus HEAD). An upload whose bytes are all in but whose file was not
+    /// made (a failure or crash in between) is finished here.
     pub async fn upload(&self, actor: &Actor, id: &str) -> Result<Upload, FileError> {
-        self.files.owned(self.store(), actor, id, now_ms()).await
+        let upload = self.files.owned(self.store(), actor, id, now_ms()).await?;
+        if upload.offset == upload.length {
+            self.finish(&upload).await?;
+        }
+        Ok(upload)
     }
 
     /// Appends a PATCH body at `offset`; the last chunk completes the file, which is then
@@ -215,7 +216,7 @@ impl Collab {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut upload = self.upload(actor, id).await?;
+        let mut upload = self.files.owned(self.store(), actor, id, now_ms()).await?;
         let to = self
             .files
             .append(self.store(), &upload, offset, checksum, body, now_ms())
@@ -224,39 +225,61 @@ impl Collab {
         if to < upload.length {
             return Ok((upload, None));
         }
-        let file = self.files.finish(self.store(), &upload, now_ms()).await?;
-        self.announce_file(actor, &file).await;
-        Ok((upload, Some(file)))
+        let file = self.finish(&upload).await?;
+        Ok((upload, file))
     }
 
     /// A zero-length upload is complete at creation.
-    pub async fn finish_empty_upload(
-        &self,
-        actor: &Actor,
-        upload: &Upload,
-    ) -> Result<FileInfo, FileError> {
+    pub async fn finish_empty_upload(&self, upload: &Upload) -> Result<(), FileError> {
+        self.finish(upload).await.map(|_| ())
+    }
+
+    /// Makes the file of a complete upload and announces it; `None` when another request
+    /// finished it first.
+    async fn finish(&self, upload: &Upload) -> Result<Option<FileInfo>, FileError> {
         let file = self.files.finish(self.store(), upload, now_ms()).await?;
-        self.announce_file(actor, &file).await;
+        if let Some(file) = &file {
+            self.announce_file(&upload.room, &upload.uploader, file)
+                .await;
+        }
         Ok(file)
     }
 
-    async fn announce_file(&self, actor: &Actor, file: &FileInfo) {
-        let files_key = records::files_key(&actor.room);
+    async fn announce_file(&self, room: &str, uploader: &Author, file: &FileInfo) {
+        let files_key = records::files_key(room);
         if let Err(e) = self
             .objects
-            .write_event(&files_key, &system_author(actor), drop::added(file))
+            .write_event(&files_key, uploader, drop::added(file))
             .await
         {
             tracing::warn!("file {} not listed: {e}", file.id);
         }
-        let chat_key = records::chat_key(&actor.room);
+        let chat_key = records::chat_key(room);
         let announcement = chat::file_announcement(serde_json::to_value(file).unwrap_or_default());
         if let Err(e) = self
             .objects
-            .write_event(&chat_key, &system_author(actor), announcement)
+            .write_event(&chat_key, uploader, announcement)
             .await
         {
             tracing::warn!("file {} not announced in chat: {e}", file.id);
+        }
+    }
+
+    /// Finishes uploads whose bytes are all in (the sweep).
+    async fn finish_complete_uploads(&self) {
+        let ids = match self.store().complete_uploads().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!("complete uploads not listed: {e}");
+                return;
+            }
+        };
+        for id in ids {
+            if let Ok(Some(upload)) = self.store().upload(&id).await
+                && let Err(e) = self.finish(&upload).await
+            {
+                tracing::warn!(upload = %id, "upload not finished: {e}");
+            }
         }
     }
 
@@ -307,7 +330,8 @@ struct ReadMarker {
 pub struct CollabSession {
     collab: Collab,
     id: u64,
-    actor: Actor,
+    /// Changes when a moderator changes the participant's role.
+    actor: std::sync::Mutex<Actor>,
     tx: mpsc::Sender<ServerMessage>,
     lagged: CancellationToken,
     subscribed: std::sync::Mutex<Vec<ObjectKey>>,
@@ -320,8 +344,13 @@ impl CollabSession {
         &self.lagged
     }
 
-    pub fn actor(&self) -> &Actor {
-        &self.actor
+    pub fn actor(&self) -> Actor {
+        self.actor.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The participant's rights changed (a new role in the meeting).
+    pub fn set_actor(&self, actor: Actor) {
+        *self.actor.lock().unwrap_or_else(|p| p.into_inner()) = actor;
     }
 
     pub async fn subscribe(
@@ -330,12 +359,13 @@ impl CollabSession {
         object: &ObjectName,
         since: Option<u64>,
     ) -> Result<(), CollabError> {
-        if !self.actor.access.can_read(channel) {
+        let actor = self.actor();
+        if !actor.access.can_read(channel) {
             return Err(CollabError::not_allowed(format!(
                 "your access does not let you read {channel}"
             )));
         }
-        let key = key_for(&self.actor, channel, object);
+        let key = key_for(&actor, channel, object);
         {
             let mut subscribed = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
             if !subscribed.contains(&key) {
@@ -349,12 +379,12 @@ impl CollabSession {
         }
         self.collab
             .objects
-            .subscribe(&self.actor, &key, self.id, &self.tx, &self.lagged, since)
+            .subscribe(&actor, &key, self.id, &self.tx, &self.lagged, since)
             .await
     }
 
     pub fn unsubscribe(&self, channel: Channel, object: &ObjectName) {
-        let key = key_for(&self.actor, channel, object);
+        let key = key_for(&self.actor(), channel, object);
         self.collab.objects.unsubscribe(&key, self.id);
         let mut subscribed = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
         subscribed.retain(|k| *k != key);
@@ -368,7 +398,7 @@ impl CollabSession {
         body: Value,
     ) -> Result<(u64, bool), CollabError> {
         self.collab
-            .write(&self.actor, channel, object, op_id, body)
+            .write(&self.actor(), channel, object, op_id, body)
             .await
     }
 
@@ -380,21 +410,20 @@ impl CollabSession {
         body: Value,
     ) -> Result<(), CollabError> {
         check_envelope(None, &body, true)?;
-        let key = key_for(&self.actor, channel, object);
+        let actor = self.actor();
+        let key = key_for(&actor, channel, object);
         if !self.collab.objects.is_subscribed(&key, self.id) {
             return Err(CollabError::new(
                 ting_protocol::collab::CollabErrorCode::NotSubscribed,
                 "subscribe to the object first",
             ));
         }
-        if !self.actor.access.can_write(channel) {
+        if !actor.access.can_write(channel) {
             return Err(CollabError::not_allowed(format!(
                 "your access does not let you write to {channel}"
             )));
         }
-        self.collab
-            .objects
-            .volatile(&self.actor, &key, self.id, body);
+        self.collab.objects.volatile(&actor, &key, self.id, body);
         Ok(())
     }
 
@@ -404,14 +433,15 @@ impl CollabSession {
         object: &ObjectName,
         body: Value,
     ) -> Result<Value, CollabError> {
-        if !self.actor.access.can_read(channel) {
+        let actor = self.actor();
+        if !actor.access.can_read(channel) {
             return Err(CollabError::not_allowed(format!(
                 "your access does not let you read {channel}"
             )));
         }
         check_envelope(None, &body, false)?;
-        let key = key_for(&self.actor, channel, object);
-        self.collab.objects.query(&self.actor, &key, body).await
+        let key = key_for(&actor, channel, object);
+        self.collab.objects.query(&actor, &key, body).await
     }
 }
 

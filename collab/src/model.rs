@@ -219,10 +219,11 @@ impl ObjectState {
         }
     }
 
-    /// Removes what is older than `cutoff_ms` (retention); returns how many items went.
-    pub fn expire_before(&mut self, cutoff_ms: i64) -> usize {
+    /// How many items retention would remove before `cutoff_ms` (an `expired` event removes
+    /// them).
+    pub fn expiring_before(&self, cutoff_ms: i64) -> usize {
         match self {
-            ObjectState::Chat(s) => s.expire_before(cutoff_ms),
+            ObjectState::Chat(s) => s.expiring_before(cutoff_ms),
             _ => 0,
         }
     }

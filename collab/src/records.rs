@@ -131,8 +131,12 @@ impl Collab {
         let cutoff = now_ms - i64::from(keep_days) * DAY_MS;
         let unavailable = |e: crate::store::StoreError| CollabError::unavailable(e.to_string());
         let mut report = RetentionReport::default();
+        let author = ting_protocol::collab::Author {
+            identity: "retention".into(),
+            name: "Retention".into(),
+        };
         for key in self.store().objects(room).await.map_err(unavailable)? {
-            report.messages += self.objects.expire(&key, cutoff).await?;
+            report.messages += self.objects.expire(&key, cutoff, &author).await?;
         }
         for file in self.store().files(room).await.map_err(unavailable)? {
             if file.at < cutoff {
@@ -198,6 +202,7 @@ impl Collab {
     /// One pass of the background work: expired uploads go, retention rules apply, objects
     /// nobody follows leave memory.
     pub async fn sweep(&self, now_ms: i64) {
+        self.finish_complete_uploads().await;
         match self.store().expired_uploads(now_ms).await {
             Ok(expired) => {
                 for id in expired {

@@ -23,14 +23,16 @@ use crate::store::{ObjectKey, Store, StoreError, StoredEvent};
 
 /// Events after which an object's state is written as a snapshot.
 const SNAPSHOT_EVERY: u64 = 200;
-/// A subscriber further behind than this gets a snapshot instead of the events.
-const MAX_CATCH_UP_EVENTS: u64 = 5000;
+/// A subscriber further behind than this gets a snapshot instead of the events. Catch-up is
+/// queued at once to the socket's outbox (1024 messages), so it must fit there.
+const MAX_CATCH_UP_EVENTS: u64 = 500;
+/// Nor more than this many bytes of event bodies.
+const MAX_CATCH_UP_BYTES: usize = 8 << 20;
 const MAX_OP_ID_BYTES: usize = 64;
 const MAX_VOLATILE_BYTES: usize = 4096;
 /// Writes retried after a conflict with another node (each after catching up and a short
 /// random pause, so that two busy nodes do not keep colliding).
 const WRITE_ATTEMPTS: u32 = 20;
-const CATCH_UP_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -99,6 +101,21 @@ impl Objects {
         Ok(guard)
     }
 
+    /// As [`Objects::lock`], and in a cluster caught up with what other nodes stored (a
+    /// fan-out notice may have been lost), before serving a reader.
+    async fn lock_fresh(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Option<Live>>, CollabError> {
+        let mut guard = self.lock(key).await?;
+        if self.fanout.is_some()
+            && let Some(live) = guard.as_mut()
+        {
+            self.replay(key, live, true).await.map_err(unavailable)?;
+        }
+        Ok(guard)
+    }
+
     async fn load(&self, key: &ObjectKey) -> Result<Live, StoreError> {
         let (mut state, seq) = match self.store.snapshot(key).await? {
             Some((seq, body)) => match serde_json::from_str::<ObjectState>(&body) {
@@ -154,15 +171,13 @@ impl Objects {
     /// Drops objects nobody follows or uses from memory (they load again from storage on the
     /// next use). Returns how many went.
     pub(crate) fn evict_idle(&self) -> usize {
-        let followed: Vec<ObjectKey> = {
-            let subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-            subscribers.keys().cloned().collect()
-        };
+        // Lock order: the map of objects, then the subscribers (nothing takes them the other
+        // way round). Under the map's lock nobody can take a new handle to a slot, so one held
+        // only by the map and followed by nobody is idle.
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         let before = live.len();
-        // Under the map's lock nobody can take a new handle to a slot: one held only by the
-        // map is idle.
-        live.retain(|key, slot| followed.contains(key) || Arc::strong_count(slot) > 1);
+        live.retain(|key, slot| subscribers.contains_key(key) || Arc::strong_count(slot) > 1);
         before - live.len()
     }
 
@@ -339,7 +354,7 @@ impl Objects {
         lagged: &CancellationToken,
         since: Option<u64>,
     ) -> Result<(), CollabError> {
-        let guard = self.lock(key).await?;
+        let guard = self.lock_fresh(key).await?;
         let Some(live) = guard.as_ref() else {
             return Err(CollabError::unavailable("object not loaded"));
         };
@@ -372,7 +387,9 @@ impl Objects {
                 // Complete only if the log still holds every event after `since`.
                 let complete = events.first().is_some_and(|e| e.seq == since + 1)
                     && events.last().is_some_and(|e| e.seq == live.seq);
-                complete.then_some(events)
+                let small =
+                    events.iter().map(|e| e.body.len()).sum::<usize>() <= MAX_CATCH_UP_BYTES;
+                (complete && small).then_some(events)
             }
             _ => None,
         };
@@ -406,9 +423,10 @@ impl Objects {
             object,
             seq: live.seq,
         });
+        // Queued without waiting (the socket that reads this queue is the one waiting for
+        // us), still under the object's lock so that live events come after.
         for message in messages {
-            let sent = tokio::time::timeout(CATCH_UP_SEND_TIMEOUT, tx.send(message)).await;
-            if !matches!(sent, Ok(Ok(()))) {
+            if tx.try_send(message).is_err() {
                 lagged.cancel();
                 break;
             }
@@ -490,7 +508,7 @@ impl Objects {
         key: &ObjectKey,
         body: Value,
     ) -> Result<Value, CollabError> {
-        let guard = self.lock(key).await?;
+        let guard = self.lock_fresh(key).await?;
         match guard.as_ref() {
             Some(live) => live.state.query(actor, body),
             None => Err(CollabError::unavailable("object not loaded")),
@@ -503,34 +521,44 @@ impl Objects {
         key: &ObjectKey,
         f: impl FnOnce(&ObjectState) -> T,
     ) -> Result<(T, u64), CollabError> {
-        let guard = self.lock(key).await?;
+        let guard = self.lock_fresh(key).await?;
         match guard.as_ref() {
             Some(live) => Ok((f(&live.state), live.seq)),
             None => Err(CollabError::unavailable("object not loaded")),
         }
     }
 
-    /// Retention on one object: drops expired items and stores a fresh snapshot, so the log
-    /// before `cutoff_ms` can go. Returns how many items went.
+    /// Retention on one object: expired items go through a stored event (so every node and
+    /// client drops them too), then the snapshot is brought up to date if events are not
+    /// covered by it, so the log before `cutoff_ms` can go. Returns how many items went.
     pub(crate) async fn expire(
         &self,
         key: &ObjectKey,
         cutoff_ms: i64,
+        author: &Author,
     ) -> Result<usize, CollabError> {
+        let (expiring, _) = self
+            .with_state(key, |s| s.expiring_before(cutoff_ms))
+            .await?;
+        if expiring > 0 {
+            let event = serde_json::json!({"event": "expired", "before": cutoff_ms});
+            self.write_event(key, author, event).await?;
+        }
         let mut guard = self.lock(key).await?;
         let Some(live) = guard.as_mut() else {
             return Err(CollabError::unavailable("object not loaded"));
         };
-        let removed = live.state.expire_before(cutoff_ms);
-        let body = serde_json::to_string(&live.state)
-            .map_err(|e| CollabError::unavailable(e.to_string()))?;
-        self.store
-            .save_snapshot(key, live.seq, &body)
-            .await
-            .map_err(unavailable)?;
-        live.snapshot_seq = live.seq;
-        debug!(object = %key, removed, "retention applied");
-        Ok(removed)
+        if live.snapshot_seq < live.seq {
+            let body = serde_json::to_string(&live.state)
+                .map_err(|e| CollabError::unavailable(e.to_string()))?;
+            self.store
+                .save_snapshot(key, live.seq, &body)
+                .await
+                .map_err(unavailable)?;
+            live.snapshot_seq = live.seq;
+        }
+        debug!(object = %key, expiring, "retention applied");
+        Ok(expiring)
     }
 }
 

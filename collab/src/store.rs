@@ -244,33 +244,26 @@ impl Store {
         Ok(row.map(|r| (as_u64(r.get(0)), r.get(1))))
     }
 
+    /// Stores a snapshot unless a newer one is there already (another node may have written
+    /// one meanwhile).
     pub async fn save_snapshot(
         &self,
         key: &ObjectKey,
         seq: u64,
         body: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "DELETE FROM collab_snapshots WHERE room = $1 AND channel = $2 AND object = $3",
-        )
-        .bind(&key.room)
-        .bind(key.channel.as_str())
-        .bind(key.name.as_str())
-        .execute(&mut *tx)
-        .await?;
         sqlx::query(
             "INSERT INTO collab_snapshots (room, channel, object, seq, body) \
-             VALUES ($1, $2, $3, $4, $5)",
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room, channel, object) DO UPDATE \
+             SET seq = excluded.seq, body = excluded.body WHERE collab_snapshots.seq < excluded.seq",
         )
         .bind(&key.room)
         .bind(key.channel.as_str())
         .bind(key.name.as_str())
         .bind(as_i64(seq))
         .bind(body)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -437,6 +430,14 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Uploads whose bytes are all in (a file still to be made).
+    pub async fn complete_uploads(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM collab_uploads WHERE upload_offset = length")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
     pub async fn expired_uploads(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT id FROM collab_uploads WHERE expires_ms < $1")
             .bind(now_ms)
@@ -470,10 +471,15 @@ impl Store {
         room: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM collab_uploads WHERE id = $1")
+        let removed = sqlx::query("DELETE FROM collab_uploads WHERE id = $1")
             .bind(upload_id)
             .execute(&mut *tx)
             .await?;
+        // Another request finished this upload first: no second file.
+        if removed.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict);
+        }
         sqlx::query(
             "INSERT INTO collab_files (id, room, name, mime, size, sha256, uploader_identity, \
              uploader_name, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

@@ -8,8 +8,21 @@ use std::fmt::Write;
 use crate::whiteboard::{Element, ElementKind, WhiteboardState};
 
 const MARGIN: f64 = 20.0;
-/// Largest PNG side, in pixels.
-const MAX_PNG_SIDE: f64 = 8192.0;
+/// Largest PNG side, in pixels (a 4096² canvas is 64 MiB).
+const MAX_PNG_SIDE: f64 = 4096.0;
+
+/// The system's fonts, loaded once.
+fn fonts() -> std::sync::Arc<resvg::usvg::fontdb::Database> {
+    static FONTS: std::sync::OnceLock<std::sync::Arc<resvg::usvg::fontdb::Database>> =
+        std::sync::OnceLock::new();
+    FONTS
+        .get_or_init(|| {
+            let mut db = resvg::usvg::fontdb::Database::new();
+            db.load_system_fonts();
+            std::sync::Arc::new(db)
+        })
+        .clone()
+}
 
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -205,10 +218,12 @@ fn base64_encode(bytes: &[u8]) -> String {
 #[error("PNG rendering failed: {0}")]
 pub struct RenderError(String);
 
-/// Rasterises an SVG made by [`render_svg`] (scaled down if a side would exceed 8192 px).
+/// Rasterises an SVG made by [`render_svg`] (scaled down if a side would exceed 4096 px).
 pub fn render_png(svg: &str) -> Result<Vec<u8>, RenderError> {
-    let mut options = resvg::usvg::Options::default();
-    options.fontdb_mut().load_system_fonts();
+    let options = resvg::usvg::Options {
+        fontdb: fonts(),
+        ..resvg::usvg::Options::default()
+    };
     let tree =
         resvg::usvg::Tree::from_str(svg, &options).map_err(|e| RenderError(e.to_string()))?;
     let size = tree.size();

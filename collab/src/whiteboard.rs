@@ -17,6 +17,8 @@ const MAX_POINTS: usize = 5000;
 const MAX_TEXT_CHARS: usize = 10_000;
 const MAX_ELEMENTS: usize = 100_000;
 const UNDO_DEPTH: usize = 100;
+/// Versions stay below 2^53 (exact in JavaScript), so an element can always be changed again.
+const MAX_VERSION: u64 = (1 << 53) - 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -134,6 +136,11 @@ impl Element {
         check_text("an element's text", &self.text, MAX_TEXT_CHARS)?;
         if !is_colour(&self.stroke) || !is_colour(&self.fill) {
             return Err(CollabError::bad("colours are #rrggbb or transparent"));
+        }
+        if self.version >= MAX_VERSION {
+            return Err(CollabError::bad(
+                "an element's version stays below 2^53 - 1",
+            ));
         }
         if self.kind == ElementKind::Image && self.file_id.as_deref().is_none_or(str::is_empty) {
             return Err(CollabError::bad("an image names its file_id"));
@@ -258,7 +265,7 @@ impl WhiteboardState {
                     ..after.clone()
                 },
             };
-            restored.version = current.version + 1;
+            restored.version = current.version.saturating_add(1).min(MAX_VERSION);
             restored.version_nonce = nonce(ctx.seq, &restored.id);
             restored.updated_by = ctx.actor.identity.clone();
             restored.created_seq = current.created_seq;
@@ -590,6 +597,7 @@ mod tests {
             json!({"id":"a","type":"rectangle","version":1,"version_nonce":1,"stroke":"red\" onload=\"x"}),
             json!({"id":"a","type":"image","version":1,"version_nonce":1}),
             json!({"id":"a","type":"rectangle","version":1,"version_nonce":1,"script":"x"}),
+            json!({"id":"a","type":"rectangle","version":u64::MAX,"version_nonce":1}),
         ] {
             assert!(
                 board

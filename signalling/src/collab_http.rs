@@ -121,6 +121,13 @@ fn member(
     room: &str,
 ) -> Result<Actor, ApiError> {
     let claims = claims(state, headers, query, room)?;
+    if state.hub.is_banned(&claims.room, &claims.sub) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::NotAllowed,
+            "a moderator removed you from this room",
+        ));
+    }
     if claims.file.is_some() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -282,7 +289,7 @@ async fn tus_create(
         .map_err(tus_error)?;
     if length == 0 {
         collab
-            .finish_empty_upload(&actor, &upload)
+            .finish_empty_upload(&upload)
             .await
             .map_err(tus_error)?;
     }
@@ -496,6 +503,8 @@ async fn file_link(
         })?
     };
     let collab = collab(&state).map_err(IntoResponse::into_response)?;
+    let claims = claims(&state, &headers, &TokenQuery::default(), &room)
+        .map_err(IntoResponse::into_response)?;
     let actor = member(&state, &headers, &TokenQuery::default(), &room)
         .map_err(IntoResponse::into_response)?;
     if !actor.access.can_read(ting_protocol::collab::Channel::Files) {
@@ -511,7 +520,11 @@ async fn file_link(
     let ttl = request
         .ttl_secs
         .map_or(DEFAULT_LINK_TTL, Duration::from_secs)
-        .min(MAX_LINK_TTL);
+        .min(MAX_LINK_TTL)
+        // A link does not outlive the token that made it.
+        .min(Duration::from_secs(
+            claims.exp.saturating_sub(crate::token::unix_now()).max(1),
+        ));
     let (token, expires_at) = state
         .hub
         .keys()

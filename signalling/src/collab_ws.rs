@@ -3,26 +3,29 @@
 
 use ting_collab::{Access, Actor, CollabError, CollabSession};
 use ting_protocol::collab::{Channel, CollabErrorCode, ObjectName};
-use ting_protocol::{ClientMessage, ErrorCode, ParticipantId, ServerMessage};
+use ting_protocol::{ClientMessage, ErrorCode, ParticipantId, Role, ServerMessage};
 
 use crate::hub::HubError;
 use crate::token::Claims;
 
 /// What a token lets its holder do with the room's collab objects.
 pub fn actor(claims: &Claims) -> Result<Actor, HubError> {
+    actor_with_role(claims, claims.role)
+}
+
+/// As [`actor`], for a participant whose role in the meeting is now `role`.
+pub fn actor_with_role(claims: &Claims, role: Role) -> Result<Actor, HubError> {
     let access = match &claims.collab {
         Some(grants) => Access::from_grants(grants)
             .map_err(|e| HubError::new(ErrorCode::InvalidToken, format!("collab grant: {e}")))?,
-        None if claims.role == ting_protocol::Role::Viewer => {
-            Access::read_all_write(&[Channel::Chat])
-        }
+        None if role == Role::Viewer => Access::read_all_write(&[Channel::Chat]),
         None => Access::full(),
     };
     Ok(Actor {
         room: claims.room.to_string(),
         identity: claims.sub.clone(),
         name: claims.name.clone(),
-        moderator: claims.role.moderates(),
+        moderator: role.moderates(),
         access,
     })
 }
@@ -72,6 +75,16 @@ pub fn disabled(message: &ClientMessage) -> Option<ServerMessage> {
             "collaboration is not enabled on this server (a cluster needs --database-url)",
         ),
     ))
+}
+
+/// The refusal for a collab message from somebody who may not use the room's objects now.
+pub fn refused(message: &ClientMessage, why: &str) -> Option<ServerMessage> {
+    let mut reply = disabled(message)?;
+    if let ServerMessage::CollabError { code, message, .. } = &mut reply {
+        *code = CollabErrorCode::NotAllowed;
+        *message = why.to_owned();
+    }
+    Some(reply)
 }
 
 /// Handles one collab message; returns what to send back (events go through the session's

@@ -858,6 +858,24 @@ impl Hub {
         self.rooms().room_of(participant).cloned()
     }
 
+    /// Whether a moderator removed `identity` from the meeting in `room` (while the room
+    /// lives).
+    pub fn is_banned(&self, room: &RoomId, identity: &str) -> bool {
+        self.rooms()
+            .room(room)
+            .is_some_and(|r| r.banned.contains(identity))
+    }
+
+    /// Whether the participant waits in the lobby.
+    pub fn in_lobby(&self, participant: ParticipantId) -> bool {
+        self.rooms().lobby_room_of(participant).is_some()
+    }
+
+    /// A participant's current role (it may have changed since the token was issued).
+    pub fn role_of(&self, participant: ParticipantId) -> Option<Role> {
+        self.rooms().member(participant).map(|m| m.info.role)
+    }
+
     /// A participant's identity and name (for the audit log).
     pub fn who(&self, participant: ParticipantId) -> Option<String> {
         let rooms = self.rooms();

@@ -261,6 +261,12 @@ where
                         "a file download link cannot open a session",
                     ));
                 }
+                if self.hub.is_banned(&claims.room, &claims.sub) {
+                    return Err(HubError::new(
+                        ErrorCode::NotAllowed,
+                        "a moderator removed you from this room",
+                    ));
+                }
                 collab_ws::actor(&claims).map(|_| claims)
             });
         match claims {
@@ -323,6 +329,11 @@ where
                     Incoming::Message(ClientMessage::Leave {}) => {
                         self.close(1000, "bye").await;
                         return;
+                    }
+                    Incoming::Message(message) if self.hub.is_banned(&claims.room, &claims.sub) => {
+                        if let Some(reply) = collab_ws::refused(&message, "a moderator removed you from this room") {
+                            self.send(&reply).await;
+                        }
                     }
                     Incoming::Message(message) => {
                         match collab_ws::handle(&collab, message).await {
@@ -406,7 +417,20 @@ where
                     }
                     Incoming::Message(message) if collab_ws::is_collab(&message) => {
                         let reply = match &collab {
-                            Some(session) => collab_ws::handle(session, message).await.flatten(),
+                            // Waiting in the lobby: nothing of the room yet.
+                            Some(_) if self.hub.in_lobby(participant) => collab_ws::refused(
+                                &message,
+                                "wait until a moderator admits you",
+                            ),
+                            Some(session) => {
+                                // Rights follow the participant's role now, not the token's.
+                                if let Some(role) = self.hub.role_of(participant)
+                                    && let Ok(actor) = collab_ws::actor_with_role(claims, role)
+                                {
+                                    session.set_actor(actor);
+                                }
+                                collab_ws::handle(session, message).await.flatten()
+                            }
                             None => collab_ws::disabled(&message),
                         };
                         if let Some(reply) = reply {

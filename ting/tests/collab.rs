@@ -1054,6 +1054,126 @@ async fn the_file_drop_works_on_s3_compatible_storage() {
     server.shutdown().await;
 }
 
+/// Collab follows the meeting's rules: nothing from the lobby, nothing after removal, and
+/// rights follow the current role.
+#[tokio::test]
+async fn lobby_removal_and_demotion_apply_to_collaboration() {
+    let server = start(&None).await;
+    let room = fresh_room("rules");
+    let (mut host, _) = Client::join(&server, &server.token(&room, "hana", Role::Host)).await;
+    let (mut mo, joined) = Client::join(&server, &server.token(&room, "mo", Role::Moderator)).await;
+    let (mo_id, _) = common::participant_of(&joined);
+    let (mut bob, joined) = Client::join(&server, &server.token(&room, "bob", Role::Speaker)).await;
+    let (bob_id, _) = common::participant_of(&joined);
+    bob.send(&write(
+        Channel::Chat,
+        "m1",
+        json!({"op":"post","text":"hello"}),
+    ))
+    .await;
+    let (message, _) = ack(&mut bob, "m1").await;
+
+    // A moderator demoted to speaker no longer deletes other people's messages.
+    host.send(&ClientMessage::SetRole {
+        participant_id: mo_id,
+        role: Role::Speaker,
+    })
+    .await;
+    mo.expect("the role change", |m| {
+        matches!(m, ServerMessage::Moderated { .. })
+    })
+    .await;
+    mo.send(&write(
+        Channel::Chat,
+        "d1",
+        json!({"op":"delete","id":message}),
+    ))
+    .await;
+    assert_eq!(collab_error(&mut mo).await, CollabErrorCode::NotAllowed);
+
+    // A newcomer waiting in the lobby sees nothing of the room.
+    host.send(&ClientMessage::UpdateRoom {
+        locked: None,
+        lobby: Some(true),
+        allow_self_unmute: None,
+    })
+    .await;
+    host.expect("settings", |m| {
+        matches!(m, ServerMessage::RoomUpdated { .. })
+    })
+    .await;
+    let mut waiting = Client::connect(&server).await;
+    waiting
+        .send(&common::join(
+            &server.token(&room, "wendy", Role::Speaker),
+            None,
+        ))
+        .await;
+    assert!(matches!(
+        waiting.recv().await,
+        Some(ServerMessage::Waiting { .. })
+    ));
+    waiting.send(&subscribe(Channel::Chat, None)).await;
+    assert_eq!(
+        collab_error(&mut waiting).await,
+        CollabErrorCode::NotAllowed
+    );
+
+    // Removed: the meeting socket ends, and neither a collab socket nor HTTP lets bob back.
+    let bob_token = server.token(&room, "bob", Role::Speaker);
+    host.send(&ClientMessage::RemoveParticipant {
+        participant_id: bob_id,
+    })
+    .await;
+    bob.expect("bye", |m| matches!(m, ServerMessage::Bye { .. }))
+        .await;
+    let mut again = Client::connect(&server).await;
+    again
+        .send(&ClientMessage::CollabJoin {
+            version: PROTOCOL_VERSION,
+            token: bob_token.clone(),
+        })
+        .await;
+    assert!(matches!(
+        again.recv().await,
+        Some(ServerMessage::Error { .. })
+    ));
+    let files = reqwest::Client::new()
+        .get(server.url(&format!("/api/rooms/{room}/objects")))
+        .bearer_auth(&bob_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(files.status(), 403);
+    server.shutdown().await;
+}
+
+/// A client far behind gets a snapshot instead of hundreds of events.
+async fn a_client_far_behind_gets_a_snapshot(db: Db) {
+    let server = start(&db).await;
+    let room = fresh_room("behind");
+    let mut ann = collab_client(&server, &room, "ann", Role::Speaker).await;
+    for i in 0..520 {
+        ann.send(&write(
+            Channel::Chat,
+            &format!("p{i}"),
+            json!({"op":"post","text":format!("n{i}")}),
+        ))
+        .await;
+    }
+    ack(&mut ann, "p519").await;
+    let mut bob = collab_client(&server, &room, "bob", Role::Speaker).await;
+    bob.send(&subscribe(Channel::Chat, Some(1))).await;
+    let (events, snapshot, seq) = catch_up(&mut bob).await;
+    assert_eq!((events.len(), seq), (0, 520));
+    assert_eq!(snapshot.unwrap()["messages"].as_array().unwrap().len(), 50);
+    bob.send(&subscribe(Channel::Chat, Some(400))).await;
+    let (events, snapshot, _) = catch_up(&mut bob).await;
+    assert_eq!(events, (401..=520).collect::<Vec<_>>());
+    assert!(snapshot.is_none());
+    server.shutdown().await;
+}
+
 /// The meeting's moderator actions land in the room's audit log, readable by moderators only.
 #[tokio::test]
 async fn moderator_actions_are_audited() {
@@ -1118,6 +1238,7 @@ macro_rules! on_both_databases {
 
 on_both_databases!(
     reconnect_since_returns_exactly_the_missed_events,
+    a_client_far_behind_gets_a_snapshot,
     read_markers_stay_with_their_reader,
     a_duplicate_op_id_is_applied_once,
     restart_keeps_chat_boards_whiteboard_and_files,
