@@ -1,5 +1,7 @@
 // The server's small HTTP API (same origin as the page).
 
+import type { CollabChannel } from './protocol.js';
+
 export interface ServerConfig {
   quick_start: boolean;
   version: number;
@@ -75,6 +77,17 @@ export function guestLink(room: string, fileId: string, token: string): Promise<
 
 export function deleteFile(room: string, fileId: string, token: string): Promise<unknown> {
   return call(`/api/files/${seg(room)}/${seg(fileId)}`, { method: 'DELETE', headers: bearer(token) });
+}
+
+/** An object of a room's chat, whiteboard, board or files channel that holds data. */
+export interface ObjectEntry {
+  channel: CollabChannel;
+  name: string;
+}
+
+/** The room's objects that hold data (those the token may read). */
+export function roomObjects(room: string, token: string): Promise<ObjectEntry[]> {
+  return call(`/api/rooms/${seg(room)}/objects`, { headers: bearer(token) });
 }
 
 export function whiteboardExportUrl(room: string, board: string, format: 'svg' | 'png', token: string): string {

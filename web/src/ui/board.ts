@@ -1,4 +1,4 @@
-// The kanban board (board/main): columns and cards in fractional-index order (position strings
+// A kanban board (board/main, or another board picked at the top): columns and cards in fractional-index order (position strings
 // compared as plain strings, then ids; never renumbered: the server picks a moved item's new
 // position between its neighbours). Cards move by drag and drop or by the move buttons; a card
 // opens in an editor for its details, checklist, comments, attachments and chat thread.
@@ -8,6 +8,7 @@ import type { CollabObject, ObjectListener } from '../collab.js';
 import type { Author, CollabEvent } from '../protocol.js';
 import type { CollabContext } from './collabpanel.js';
 import { h, placeChildren } from './dom.js';
+import { ObjectPicker } from './objects.js';
 
 export interface Column {
   id: string;
@@ -79,7 +80,8 @@ interface ColumnView {
 
 export class BoardPanel implements ObjectListener {
   readonly el: HTMLElement;
-  private readonly obj: CollabObject;
+  readonly picker: ObjectPicker;
+  private obj: CollabObject;
   private state: BoardState = { title: '', columns: {}, cards: {}, labels: {} };
   private readonly columnsEl = h('div', { className: 'board-columns' });
   private readonly columnViews = new Map<string, ColumnView>();
@@ -103,8 +105,30 @@ export class BoardPanel implements ObjectListener {
       // Re-render what changed meanwhile once the person is done with the field they were in.
       window.setTimeout(() => this.editorStale && !this.typing() && this.renderEditor(), 0);
     });
-    this.el = h('section', { className: 'board', 'aria-label': 'Board' }, addColumn, this.columnsEl, this.editor);
+    this.picker = new ObjectPicker(ctx, 'board', (name) => this.switchTo(name));
+    this.el = h('section', { className: 'board', 'aria-label': 'Board' },
+      h('div', { className: 'collab-head' }, this.picker.el, addColumn), this.columnsEl, this.editor);
     this.obj = ctx.client.subscribe('board', 'main', this);
+  }
+
+  /** The board shown. */
+  get object(): string {
+    return this.obj.name;
+  }
+
+  /** Shows board `name` instead: the old one is no longer followed. */
+  switchTo(name: string): void {
+    if (name === this.obj.name) return;
+    this.ctx.client.unsubscribe(this.obj);
+    this.state = { title: '', columns: {}, cards: {}, labels: {} };
+    this.columnViews.clear();
+    this.cardViews.clear();
+    this.openCard = null;
+    this.dragging = null;
+    this.editorStale = true;
+    this.obj = this.ctx.client.subscribe('board', name, this);
+    this.picker.setCurrent(name);
+    this.render();
   }
 
   columns(): Column[] {

@@ -1,6 +1,7 @@
-// Chat: the room's persistent messages (chat/main) with threads, edits, deletions, reactions,
-// typing, older pages, search, file announcements and a read marker. The server's events are
-// the only source of truth: a message shows once its `posted` event arrives.
+// Chat: a chat room's persistent messages (chat/main, or another room picked at the top) with
+// threads, edits, deletions, reactions, typing, older pages, search, file announcements (in
+// chat/main) and a read marker. The server's events are the only source of truth: a message
+// shows once its `posted` event arrives.
 
 import type { CollabObject, ObjectListener } from '../collab.js';
 import { fileUrl } from '../api.js';
@@ -8,6 +9,7 @@ import type { Author, CollabEvent } from '../protocol.js';
 import type { CollabContext } from './collabpanel.js';
 import { h, placeChildren } from './dom.js';
 import { formatBytes, type FileInfo } from './files.js';
+import { ObjectPicker } from './objects.js';
 
 export interface ChatMessage {
   id: number;
@@ -50,7 +52,8 @@ type View = { kind: 'main' } | { kind: 'thread'; root: number } | { kind: 'searc
 
 export class ChatPanel implements ObjectListener {
   readonly el: HTMLElement;
-  private readonly obj: CollabObject;
+  readonly picker: ObjectPicker;
+  private obj: CollabObject;
   /** Every message known, top-level and replies; replaced (not mutated) on change so rows know when to redraw. */
   private readonly messages = new Map<number, ChatMessage>();
   private readUpTo = 0;
@@ -111,8 +114,42 @@ export class ChatPanel implements ObjectListener {
       h('button', { type: 'button', className: 'small', onclick: () => ((this.search.value = ''), this.show({ kind: 'main' })) }, '← Back to chat'),
       this.searchList);
     const searchForm = h('form', { className: 'chat-search', role: 'search', onsubmit: (ev) => (ev.preventDefault(), void this.runSearch()) }, this.search);
-    this.el = h('section', { className: 'chat', 'aria-label': 'Chat' }, searchForm, this.mainView, this.threadView, this.searchView);
+    this.picker = new ObjectPicker(ctx, 'chat', (name) => this.switchTo(name));
+    this.el = h('section', { className: 'chat', 'aria-label': 'Chat' },
+      h('div', { className: 'collab-head' }, this.picker.el, searchForm), this.mainView, this.threadView, this.searchView);
     this.obj = ctx.client.subscribe('chat', 'main', this);
+  }
+
+  /** The chat room shown. */
+  get object(): string {
+    return this.obj.name;
+  }
+
+  /** Shows chat room `name` instead: the old one is no longer followed. */
+  switchTo(name: string): void {
+    if (name === this.obj.name) return;
+    // What was seen in the old room is still marked read there.
+    if (this.readTimer !== undefined) {
+      clearTimeout(this.readTimer);
+      this.readTimer = undefined;
+      if (this.seenUpTo > this.readUpTo) this.write({ op: 'read', up_to: this.seenUpTo });
+    }
+    this.ctx.client.unsubscribe(this.obj);
+    for (const t of this.typing.values()) clearTimeout(t.timer);
+    this.typing.clear();
+    this.renderTyping();
+    this.messages.clear();
+    this.rows.clear();
+    this.threadRows.clear();
+    this.readUpTo = this.seenUpTo = this.markerAt = 0;
+    this.hasOlder = false;
+    this.lastTypingSent = 0;
+    this.search.value = '';
+    this.view = { kind: 'main' };
+    this.editing = null;
+    this.obj = this.ctx.client.subscribe('chat', name, this);
+    this.picker.setCurrent(name);
+    this.render();
   }
 
   /** Read-only copies for tests, oldest first. */
@@ -127,13 +164,15 @@ export class ChatPanel implements ObjectListener {
     this.schedule();
   }
 
-  /** Opens the thread of `root` (e.g. from a board card). */
+  /** Opens the thread of `root` in chat/main (board cards are discussed there). */
   openThread(root: number): void {
+    this.switchTo('main');
     this.show({ kind: 'thread', root });
   }
 
-  /** Posts a thread root and resolves with its message id (a board card links to it). */
+  /** Posts a thread root in chat/main and resolves with its message id (a board card links to it). */
   startThread(text: string): Promise<number> {
+    this.switchTo('main');
     return this.obj.write({ op: 'post', text });
   }
 
@@ -256,8 +295,10 @@ export class ChatPanel implements ObjectListener {
   private async loadOlder(): Promise<void> {
     const oldest = Math.min(...this.topLevel().map((m) => m.id));
     this.older.disabled = true;
+    const obj = this.obj;
     try {
-      const page = await this.obj.query<{ messages: ChatMessage[]; more?: boolean }>({ query: 'history', before: oldest, limit: PAGE });
+      const page = await obj.query<{ messages: ChatMessage[]; more?: boolean }>({ query: 'history', before: oldest, limit: PAGE });
+      if (obj !== this.obj) return; // another room meanwhile
       this.merge(page.messages);
       this.hasOlder = !!page.more;
       const keep = this.list.scrollHeight - this.list.scrollTop;
@@ -271,8 +312,10 @@ export class ChatPanel implements ObjectListener {
   }
 
   private async loadThread(root: number): Promise<void> {
+    const obj = this.obj;
     try {
-      const page = await this.obj.query<{ messages: ChatMessage[] }>({ query: 'history', thread: root, limit: 200 });
+      const page = await obj.query<{ messages: ChatMessage[] }>({ query: 'history', thread: root, limit: 200 });
+      if (obj !== this.obj) return;
       this.merge(page.messages);
       this.schedule();
     } catch (err) {
@@ -283,8 +326,10 @@ export class ChatPanel implements ObjectListener {
   private async runSearch(): Promise<void> {
     const q = this.search.value.trim();
     if (!q) return this.show({ kind: 'main' });
+    const obj = this.obj;
     try {
-      const found = await this.obj.query<{ messages: ChatMessage[] }>({ query: 'search', q });
+      const found = await obj.query<{ messages: ChatMessage[] }>({ query: 'search', q });
+      if (obj !== this.obj) return;
       this.show({ kind: 'search', results: found.messages });
     } catch (err) {
       this.ctx.notify(`Chat: ${(err as Error).message}`);

@@ -1,14 +1,18 @@
-// The shared whiteboard (whiteboard/main) on a <canvas>. Elements merge one by one as on the
-// server (a higher version wins; on a tie the lower version_nonce), so a local change shows at
-// once and its echo changes nothing. The committed scene is drawn into a cached layer, redrawn
-// at most once a frame and only when it changed; what is being drawn or moved, the selection and
-// the others' cursors go on top each frame. That keeps 10,000 elements smooth.
+// A shared whiteboard (whiteboard/main, or another one picked in the toolbar) on a <canvas>;
+// images come from the room's file drop (picked there or uploaded). Elements merge one by one
+// as on the server (a higher version wins; on a tie the lower version_nonce), so a local change
+// shows at once and its echo changes nothing. The committed scene is drawn into a cached layer,
+// redrawn at most once a frame and only when it changed; what is being drawn or moved, the
+// selection and the others' cursors go on top each frame. That keeps 10,000 elements smooth.
 
-import { fileUrl, whiteboardExportUrl } from '../api.js';
+import { fileUrl, uploadEndpoint, whiteboardExportUrl } from '../api.js';
 import type { CollabObject, ObjectListener } from '../collab.js';
 import type { CollabEvent } from '../protocol.js';
+import { upload } from '../tus.js';
 import type { CollabContext } from './collabpanel.js';
 import { h } from './dom.js';
+import type { FileInfo } from './files.js';
+import { ObjectPicker } from './objects.js';
 
 export type ElementType = 'freedraw' | 'rectangle' | 'ellipse' | 'diamond' | 'line' | 'arrow' | 'text' | 'sticky' | 'image';
 
@@ -36,16 +40,19 @@ export interface WbElement {
   created_seq?: number;
 }
 
-type Tool = 'select' | 'freedraw' | 'rectangle' | 'ellipse' | 'arrow' | 'text' | 'sticky';
+type Tool = 'select' | 'freedraw' | 'rectangle' | 'ellipse' | 'diamond' | 'line' | 'arrow' | 'text' | 'sticky' | 'image';
 
 const TOOLS: [Tool, string][] = [
   ['select', 'Select'],
   ['freedraw', 'Pen'],
   ['rectangle', 'Rectangle'],
   ['ellipse', 'Ellipse'],
+  ['diamond', 'Diamond'],
+  ['line', 'Line'],
   ['arrow', 'Arrow'],
   ['text', 'Text'],
   ['sticky', 'Sticky note'],
+  ['image', 'Image'],
 ];
 
 const MAX_POINTS = 5000;
@@ -54,6 +61,28 @@ const CURSOR_TTL_MS = 5000;
 const STICKY = { width: 160, height: 120, fill: '#fff3a0', border: '#c9b458' };
 const FONT = '16px sans-serif';
 const LINE_HEIGHT = 19.2;
+/** A placed image's longer side at most (its natural size otherwise). */
+const MAX_IMAGE_PX = 400;
+/** How long an uploaded image may take to show up in the file drop. */
+const UPLOAD_LISTED_MS = 30_000;
+
+const isImage = (f: FileInfo) => f.mime.startsWith('image/');
+
+/** Resolves once `img` has loaded (true) or failed to (false). */
+function loaded(img: HTMLImageElement): Promise<boolean> {
+  if (img.complete) return Promise.resolve(img.naturalWidth > 0);
+  return new Promise((resolve) => {
+    img.addEventListener('load', () => resolve(true), { once: true });
+    img.addEventListener('error', () => resolve(false), { once: true });
+  });
+}
+
+async function sha256Hex(file: File): Promise<string | null> {
+  // crypto.subtle needs a secure context (https or localhost).
+  if (!crypto.subtle) return null;
+  const digest = await crypto.subtle.digest('SHA-256', await file.arrayBuffer());
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
+}
 
 /** Whether `a` replaces `b` (the server's rule, Excalidraw's reconciliation). */
 export function wins(a: WbElement, b: WbElement): boolean {
@@ -126,7 +155,8 @@ function hue(identity: string): number {
 
 export class WhiteboardPanel implements ObjectListener {
   readonly el: HTMLElement;
-  private readonly obj: CollabObject;
+  readonly picker: ObjectPicker;
+  private obj: CollabObject;
   private readonly elements = new Map<string, WbElement>();
   /** Drawing order (created_seq, then id; not yet stored ones last); null when it must be redone. */
   private order: WbElement[] | null = null;
@@ -154,6 +184,11 @@ export class WhiteboardPanel implements ObjectListener {
   private lastCursorSent = 0;
   private readonly cursors = new Map<string, { name: string; x: number; y: number; timer: number }>();
   private readonly images = new Map<string, HTMLImageElement>();
+  /** The image tool: the room's image files, the upload, and which file a click places. */
+  private readonly imageBar = h('div', { className: 'wb-images', 'data-testid': 'wb-image-picker', hidden: true });
+  private readonly imageList = h('div', { className: 'wb-image-list' });
+  private readonly imageNote = h('span', { className: 'wb-image-note', role: 'status', 'data-testid': 'wb-image-note' });
+  private imageFile: string | null = null;
 
   constructor(private readonly ctx: CollabContext) {
     const tools = h('div', { className: 'wb-tools', role: 'toolbar', 'aria-label': 'Drawing tools' });
@@ -172,11 +207,48 @@ export class WhiteboardPanel implements ObjectListener {
       button('Redo', 'wb-redo', () => this.undo('redo'), 'Redo your last undone change'),
       h('span', { className: 'wb-export' }, 'Export ', this.svgLink, this.pngLink),
     );
+    this.picker = new ObjectPicker(ctx, 'whiteboard', (name) => this.switchTo(name));
+    tools.prepend(this.picker.el);
+    const uploadInput = h('input', { type: 'file', accept: 'image/*', className: 'visually-hidden', 'data-testid': 'wb-image-upload' });
+    uploadInput.addEventListener('change', () => {
+      const file = uploadInput.files?.[0];
+      uploadInput.value = '';
+      if (file) void this.uploadImage(file);
+    });
+    this.imageBar.append(this.imageList, h('label', { className: 'button-link small' }, uploadInput, 'Upload image…'), this.imageNote);
     this.stage = h('div', { className: 'wb-stage' }, this.canvas, this.textEditor);
-    this.el = h('section', { className: 'whiteboard', 'aria-label': 'Whiteboard' }, tools, this.stage);
+    this.el = h('section', { className: 'whiteboard', 'aria-label': 'Whiteboard' }, tools, this.imageBar, this.stage);
     this.bindPointer();
     new ResizeObserver(() => this.resize()).observe(this.stage);
     this.obj = ctx.client.subscribe('whiteboard', 'main', this);
+  }
+
+  /** The whiteboard shown. */
+  get object(): string {
+    return this.obj.name;
+  }
+
+  /** Shows whiteboard `name` instead: the old one is no longer followed. */
+  switchTo(name: string): void {
+    if (name === this.obj.name) return;
+    if (!this.textEditor.hidden) this.textEditor.blur(); // its text goes to the old board
+    this.ctx.client.unsubscribe(this.obj);
+    this.elements.clear();
+    this.selected = null;
+    this.live = null;
+    this.drag = null;
+    for (const c of this.cursors.values()) clearTimeout(c.timer);
+    this.cursors.clear();
+    this.view = { x: 0, y: 0 };
+    this.obj = this.ctx.client.subscribe('whiteboard', name, this);
+    this.picker.setCurrent(name);
+    this.exportLinks();
+    this.changed();
+  }
+
+  /** The file drop changed: the image tool's choices follow. */
+  filesChanged(): void {
+    if (this.tool === 'image') this.renderImages();
   }
 
   /** Read-only copies of the visible elements, in drawing order (tests). */
@@ -187,9 +259,16 @@ export class WhiteboardPanel implements ObjectListener {
   /** The tab became visible: export links carry the current token. */
   setVisible(visible: boolean): void {
     if (!visible) return;
-    this.svgLink.href = whiteboardExportUrl(this.ctx.room, 'main', 'svg', this.ctx.token);
-    this.pngLink.href = whiteboardExportUrl(this.ctx.room, 'main', 'png', this.ctx.token);
+    this.exportLinks();
     this.resize();
+  }
+
+  private exportLinks(): void {
+    const name = this.obj.name;
+    this.svgLink.href = whiteboardExportUrl(this.ctx.room, name, 'svg', this.ctx.token);
+    this.pngLink.href = whiteboardExportUrl(this.ctx.room, name, 'png', this.ctx.token);
+    this.svgLink.download = `${name}.svg`;
+    this.pngLink.download = `${name}.png`;
   }
 
   // ---- ObjectListener ----
@@ -269,8 +348,78 @@ export class WhiteboardPanel implements ObjectListener {
     this.tool = tool;
     for (const [t, b] of this.toolButtons) b.setAttribute('aria-pressed', String(t === tool));
     if (tool !== 'select') this.selected = null;
-    this.canvas.style.cursor = tool === 'select' ? 'default' : tool === 'text' || tool === 'sticky' ? 'text' : 'crosshair';
+    this.canvas.style.cursor = tool === 'select' ? 'default' : tool === 'text' || tool === 'sticky' ? 'text' : tool === 'image' ? 'copy' : 'crosshair';
+    this.imageBar.hidden = tool !== 'image';
+    if (tool === 'image') this.renderImages();
     this.frame();
+  }
+
+  // ---- images ----
+
+  /** The image tool's strip: one button per image file of the room, the chosen one pressed. */
+  private renderImages(): void {
+    const files = this.ctx.files().filter(isImage);
+    if (this.imageFile && !files.some((f) => f.id === this.imageFile)) this.imageFile = null;
+    this.imageList.replaceChildren(...files.map((f) =>
+      h('button', { type: 'button', className: 'small wb-image-choice', 'data-testid': 'wb-image-option', 'data-file-id': f.id, 'aria-pressed': String(f.id === this.imageFile), title: f.name,
+        onclick: () => this.chooseImage(f.id) },
+        h('img', { src: fileUrl(this.ctx.room, f.id, this.ctx.token), alt: '', loading: 'lazy', width: 28, height: 28 }),
+        h('span', {}, f.name))));
+    if (files.length === 0) this.imageList.replaceChildren(h('span', { className: 'hint' }, 'No images in the room yet.'));
+    if (!this.imageNote.dataset.busy) this.imageNote.textContent = this.imageFile ? 'Click the whiteboard to place the image.' : 'Pick an image or upload one.';
+  }
+
+  private chooseImage(fileId: string): void {
+    this.imageFile = fileId;
+    void this.image(fileId); // starts loading: placing it needs its size
+    this.renderImages();
+  }
+
+  /** Uploads an image to the file drop (tus), waits until it is listed, and picks it. */
+  private async uploadImage(file: File): Promise<void> {
+    const note = this.imageNote;
+    if (!file.type.startsWith('image/')) {
+      note.textContent = `${file.name} is not an image.`;
+      return;
+    }
+    const before = new Set(this.ctx.files().map((f) => f.id));
+    const self = this.ctx.client.self.identity;
+    note.dataset.busy = 'true';
+    try {
+      const sha = await sha256Hex(file);
+      await upload({
+        endpoint: uploadEndpoint(this.ctx.room),
+        token: this.ctx.token,
+        file,
+        onProgress: (sent, total) => (note.textContent = `Uploading ${file.name}: ${total === 0 ? 100 : Math.floor((sent / total) * 100)}%`),
+        onRetry: (attempt) => (note.textContent = `Connection problem, resuming (attempt ${attempt})…`),
+      });
+      note.textContent = 'Uploaded, waiting for the file drop…';
+      const info = await this.ctx.whenFile(
+        (f) => !before.has(f.id) && f.size === file.size && f.uploader.identity === self && (sha === null ? f.name === file.name : f.sha256 === sha),
+        UPLOAD_LISTED_MS,
+      );
+      delete note.dataset.busy;
+      this.chooseImage(info.id);
+    } catch (err) {
+      delete note.dataset.busy;
+      note.textContent = `Upload failed: ${(err as Error).message}`;
+    }
+  }
+
+  /** Places the chosen image centred at (x, y), at its natural size (capped). */
+  private async placeImage(fileId: string, x: number, y: number): Promise<void> {
+    const img = this.image(fileId);
+    const obj = this.obj;
+    if (!(await loaded(img))) return this.ctx.notify('Whiteboard: that image could not be loaded.');
+    if (obj !== this.obj) return; // another whiteboard meanwhile
+    const scale = Math.min(1, MAX_IMAGE_PX / Math.max(img.naturalWidth, img.naturalHeight));
+    const width = Math.max(1, Math.round(img.naturalWidth * scale));
+    const height = Math.max(1, Math.round(img.naturalHeight * scale));
+    const el = this.fresh('image', Math.round(x - width / 2), Math.round(y - height / 2), { width, height, file_id: fileId });
+    this.setTool('select');
+    this.selected = el.id;
+    this.commit([el]);
   }
 
   private fresh(type: ElementType, x: number, y: number, extra: Partial<WbElement> = {}): WbElement {
@@ -303,7 +452,7 @@ export class WhiteboardPanel implements ObjectListener {
     const c = this.canvas;
     c.addEventListener('pointerdown', (ev) => {
       if (ev.button !== 0 || !this.textEditor.hidden) return;
-      if (this.tool === 'text' || this.tool === 'sticky') return; // on click, once the focus has settled
+      if (this.tool === 'text' || this.tool === 'sticky' || this.tool === 'image') return; // on click, once the focus has settled
       const [x, y] = this.point(ev);
       c.setPointerCapture(ev.pointerId);
       if (this.tool === 'select') {
@@ -318,7 +467,7 @@ export class WhiteboardPanel implements ObjectListener {
         return;
       }
       const type = this.tool;
-      const el = this.fresh(type, x, y, type === 'freedraw' || type === 'arrow' ? { points: [[0, 0]] } : {});
+      const el = this.fresh(type, x, y, type === 'freedraw' || type === 'arrow' || type === 'line' ? { points: [[0, 0]] } : {});
       this.drag = { kind: 'draw', from: [x, y], orig: el };
       this.live = el;
       this.frame();
@@ -353,6 +502,12 @@ export class WhiteboardPanel implements ObjectListener {
     c.addEventListener('pointercancel', end);
     c.addEventListener('pointerleave', () => this.obj.volatile({ cursor: null }));
     c.addEventListener('click', (ev) => {
+      if (this.tool === 'image') {
+        const [x, y] = this.point(ev);
+        if (this.imageFile) void this.placeImage(this.imageFile, x, y);
+        else this.imageNote.textContent = 'Pick an image first (or upload one).';
+        return;
+      }
       if ((this.tool !== 'text' && this.tool !== 'sticky') || !this.textEditor.hidden) return;
       const [x, y] = this.point(ev);
       const { width, height, fill } = STICKY;
@@ -392,6 +547,7 @@ export class WhiteboardPanel implements ObjectListener {
         return { ...live, points: [...points, [dx, dy]] };
       }
       case 'arrow':
+      case 'line':
         return { ...live, points: [[0, 0], [x - fx, y - fy]] };
       default:
         return { ...live, x: Math.min(fx, x), y: Math.min(fy, y), width: Math.abs(x - fx), height: Math.abs(y - fy) };
