@@ -1,0 +1,227 @@
+//! The writers' files checked by independent tools: ffprobe reads codecs and durations, and
+//! ffmpeg decodes every frame without an error. Real media: Opus from libopus, VP8 from
+//! ffmpeg's libvpx (an IVF file made for the test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::File;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use ting_recorder::{OggOpusWriter, VideoFormat, WebmWriter};
+
+/// 20 ms Opus packets of a 440 Hz tone, `seconds` long.
+fn opus_packets(seconds: u32) -> Vec<Vec<u8>> {
+    let mut encoder =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    (0..seconds * 50)
+        .map(|n| {
+            let pcm: Vec<i16> = (0..960)
+                .map(|i| {
+                    let t = f64::from(n * 960 + i) / 48_000.0;
+                    ((t * 440.0 * std::f64::consts::TAU).sin() * 8000.0) as i16
+                })
+                .collect();
+            let mut out = vec![0u8; 4000];
+            let len = encoder.encode(&pcm, &mut out).unwrap();
+            out.truncate(len);
+            out
+        })
+        .collect()
+}
+
+/// VP8 frames (data, keyframe) of ffmpeg's test pattern, 30 fps.
+fn vp8_frames(dir: &Path, seconds: u32) -> Vec<(Vec<u8>, bool)> {
+    let ivf = dir.join("source.ivf");
+    let status = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=30",
+        ])
+        .args([
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            "libvpx",
+            "-g",
+            "30",
+            "-b:v",
+            "300k",
+        ])
+        .arg(&ivf)
+        .status()
+        .expect("ffmpeg (scripts/install-deps installs it)");
+    assert!(status.success());
+    let data = std::fs::read(&ivf).unwrap();
+    let mut frames = Vec::new();
+    let mut at = 32; // IVF file header
+    while at + 12 <= data.len() {
+        let size = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        let frame = data[at + 12..at + 12 + size].to_vec();
+        let keyframe = frame[0] & 1 == 0;
+        frames.push((frame, keyframe));
+        at += 12 + size;
+    }
+    frames
+}
+
+fn probe(path: &Path) -> Value {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,codec_type,start_time,duration:format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Decodes everything; returns what ffmpeg complained about (empty when clean) and the
+/// decoded duration in seconds of the first stream of `kind`.
+fn decode(path: &Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn seconds(v: &Value) -> f64 {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN)
+}
+
+#[test]
+fn opus_in_ogg_decodes_with_the_right_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("speaker.ogg");
+    let mut writer = OggOpusWriter::new(File::create(&path).unwrap(), 7, 1).unwrap();
+    // Start near the 32-bit edge: the file must not notice the wrap.
+    let mut ts = u32::MAX - 960 * 20;
+    for packet in opus_packets(5) {
+        writer.push(&packet, ts).unwrap();
+        ts = ts.wrapping_add(960);
+    }
+    writer.finish().unwrap();
+    let info = probe(&path);
+    assert_eq!(info["streams"][0]["codec_name"], "opus");
+    let duration = seconds(&info["format"]["duration"]);
+    assert!((duration - 5.0).abs() < 0.05, "duration {duration}");
+    assert_eq!(decode(&path), "");
+}
+
+#[test]
+fn vp8_and_opus_in_webm_decode_and_line_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = vp8_frames(dir.path(), 3);
+    let format = VideoFormat::from_vp8_keyframe(&frames[0].0).unwrap();
+    assert_eq!((format.width, format.height), (320, 240));
+    let path = dir.path().join("camera.webm");
+    let mut writer = WebmWriter::new(File::create(&path).unwrap(), Some(format), Some(1)).unwrap();
+    let audio = opus_packets(3);
+    // Interleave as they would arrive: 30 fps video (3000 ticks) and 50 audio packets a second.
+    let (mut v, mut a) = (0usize, 0usize);
+    while v < frames.len() || a < audio.len() {
+        let video_ms = v as u64 * 1000 / 30;
+        let audio_ms = a as u64 * 20;
+        if v < frames.len() && (a >= audio.len() || video_ms <= audio_ms) {
+            let (frame, keyframe) = &frames[v];
+            writer
+                .push_video(frame, 1_000_000 + v as u32 * 3000, *keyframe)
+                .unwrap();
+            v += 1;
+        } else {
+            writer.push_audio(&audio[a], 77 + a as u32 * 960).unwrap();
+            a += 1;
+        }
+    }
+    writer.finish().unwrap();
+    let info = probe(&path);
+    let streams = info["streams"].as_array().unwrap();
+    let codec = |kind: &str| {
+        streams
+            .iter()
+            .find(|s| s["codec_type"] == kind)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(codec("video")["codec_name"], "vp8");
+    assert_eq!(codec("audio")["codec_name"], "opus");
+    let (video_start, audio_start) = (
+        seconds(&codec("video")["start_time"]),
+        seconds(&codec("audio")["start_time"]),
+    );
+    assert!(
+        (video_start - audio_start).abs() < 0.1,
+        "A/V start {video_start} vs {audio_start}"
+    );
+    let duration = seconds(&info["format"]["duration"]);
+    assert!((duration - 3.0).abs() < 0.1, "duration {duration}");
+    assert_eq!(decode(&path), "");
+}
+
+#[test]
+fn a_killed_recorder_leaves_playable_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = vp8_frames(dir.path(), 4);
+    let format = VideoFormat::from_vp8_keyframe(&frames[0].0).unwrap();
+    let webm_path = dir.path().join("killed.webm");
+    let ogg_path = dir.path().join("killed.ogg");
+    let mut webm = WebmWriter::new(File::create(&webm_path).unwrap(), Some(format), None).unwrap();
+    let mut ogg = OggOpusWriter::new(File::create(&ogg_path).unwrap(), 1, 1).unwrap();
+    for (i, (frame, keyframe)) in frames.iter().enumerate() {
+        webm.push_video(frame, i as u32 * 3000, *keyframe).unwrap();
+    }
+    for (i, packet) in opus_packets(4).iter().enumerate() {
+        ogg.push(packet, i as u32 * 960).unwrap();
+    }
+    // As if the process died: nothing is finished, nothing more is written.
+    std::mem::forget(webm);
+    std::mem::forget(ogg);
+
+    let info = probe(&webm_path);
+    assert_eq!(info["streams"][0]["codec_name"], "vp8");
+    let decoded = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&webm_path)
+        .output()
+        .unwrap();
+    let count: usize = String::from_utf8_lossy(&decoded.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(count >= 60, "{count} of {} frames playable", frames.len());
+
+    let info = probe(&ogg_path);
+    assert_eq!(info["streams"][0]["codec_name"], "opus");
+    let duration = seconds(&info["format"]["duration"]);
+    assert!(duration >= 3.0, "{duration} s of 4 playable");
+}
