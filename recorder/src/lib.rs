@@ -10,10 +10,12 @@
 mod clock;
 mod ogg_opus;
 mod webm_file;
+mod whep;
 
 pub use clock::RtpClock;
 pub use ogg_opus::OggOpusWriter;
 pub use webm_file::{VideoFormat, WebmWriter};
+pub use whep::{RecordedTrackCounts, WhepRecording, record};
 
 /// Why writing a recording failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,4 +26,6 @@ pub enum RecordError {
     Webm(String),
     #[error("not an Opus packet: {0}")]
     BadOpus(String),
+    #[error("the recording session failed: {0}")]
+    Session(String),
 }

@@ -105,6 +105,17 @@ impl<W: Write + Seek> WebmWriter<W> {
         rtp_timestamp: u32,
         keyframe: bool,
     ) -> Result<(), RecordError> {
+        let ns = Self::nanos(self.video_clock.ticks(rtp_timestamp), VIDEO_RATE);
+        self.push_video_ns(frame, ns, keyframe)
+    }
+
+    /// Adds a VP8 frame at `ns` from the start of the file.
+    pub fn push_video_ns(
+        &mut self,
+        frame: &[u8],
+        ns: u64,
+        keyframe: bool,
+    ) -> Result<(), RecordError> {
         let Some(track) = self.video else {
             return Ok(());
         };
@@ -112,7 +123,7 @@ impl<W: Write + Seek> WebmWriter<W> {
             return Ok(());
         }
         self.video_started = true;
-        let ns = Self::nanos(self.video_clock.ticks(rtp_timestamp), VIDEO_RATE).max(self.last_ns);
+        let ns = ns.max(self.last_ns);
         self.segment
             .add_frame(track, frame, ns, keyframe)
             .map_err(webm_error)?;
@@ -122,10 +133,16 @@ impl<W: Write + Seek> WebmWriter<W> {
 
     /// Adds an Opus packet with its RTP timestamp (48 kHz).
     pub fn push_audio(&mut self, packet: &[u8], rtp_timestamp: u32) -> Result<(), RecordError> {
+        let ns = Self::nanos(self.audio_clock.ticks(rtp_timestamp), AUDIO_RATE);
+        self.push_audio_ns(packet, ns)
+    }
+
+    /// Adds an Opus packet at `ns` from the start of the file.
+    pub fn push_audio_ns(&mut self, packet: &[u8], ns: u64) -> Result<(), RecordError> {
         let Some(track) = self.audio else {
             return Ok(());
         };
-        let ns = Self::nanos(self.audio_clock.ticks(rtp_timestamp), AUDIO_RATE).max(self.last_ns);
+        let ns = ns.max(self.last_ns);
         self.segment
             .add_frame(track, packet, ns, true)
             .map_err(webm_error)?;

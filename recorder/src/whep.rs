@@ -1,0 +1,253 @@
+//! Records one participant of a room by watching it like a player: a WHEP session
+//! (`/whep/{room}?participant=…`) with a str0m peer over real ICE, DTLS and SRTP, whose
+//! depacketized VP8 and Opus frames go into one WebM file. Because it joins like any player it
+//! works on whichever node serves the room. Timestamps are the tracks' RTP clocks, each
+//! offset by its first packet's arrival since the recording began, so the audio and video of
+//! one file, and the files of one recording, line up.
+
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::{Direction, MediaData, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::RecordError;
+use crate::clock::RtpClock;
+use crate::webm_file::{VideoFormat, WebmWriter};
+
+/// What to record and where.
+#[derive(Debug, Clone)]
+pub struct WhepRecording {
+    /// The server's HTTP base (`http://127.0.0.1:8080`).
+    pub server: String,
+    pub room: String,
+    /// The identity of the participant to record.
+    pub participant: String,
+    /// A join token for the room (a viewer's is enough).
+    pub token: String,
+    pub file: PathBuf,
+    /// The local address for the media socket.
+    pub local_ip: IpAddr,
+    /// The start of the whole recording (the files' time zero).
+    pub epoch: Instant,
+}
+
+/// What a finished recording holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordedTrackCounts {
+    pub video_frames: u64,
+    pub audio_packets: u64,
+}
+
+/// One track's time: RTP ticks since its first frame, plus that frame's arrival.
+struct TrackTime {
+    clock: RtpClock,
+    offset_ns: Option<u64>,
+}
+
+impl TrackTime {
+    fn new() -> Self {
+        Self {
+            clock: RtpClock::default(),
+            offset_ns: None,
+        }
+    }
+
+    fn ns(&mut self, data: &MediaData, rate: u64, epoch: Instant) -> u64 {
+        let offset = *self.offset_ns.get_or_insert_with(|| {
+            data.network_time
+                .saturating_duration_since(epoch)
+                .as_nanos() as u64
+        });
+        let ticks = self.clock.ticks(data.time.numer() as u32).max(0) as u64;
+        offset + ticks * 1_000_000_000 / rate
+    }
+}
+
+/// The file, made at the first video keyframe or audio packet (the video size is only known
+/// from a keyframe; audio alone waits a little for video).
+enum FileState {
+    Waiting { first_audio: Option<Instant> },
+    Writing(WebmWriter<File>),
+}
+
+/// Records until `stop` is cancelled or the participant leaves (the session ends).
+pub async fn record(
+    config: WhepRecording,
+    stop: CancellationToken,
+) -> Result<RecordedTrackCounts, RecordError> {
+    let socket = UdpSocket::bind(SocketAddr::new(config.local_ip, 0)).await?;
+    let local = socket.local_addr()?;
+    let mut rtc: Rtc = RtcConfig::new()
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .build(Instant::now());
+    let candidate =
+        Candidate::host(local, "udp").map_err(|e| RecordError::Session(e.to_string()))?;
+    rtc.add_local_candidate(candidate);
+    let mut change = rtc.sdp_api();
+    let audio_mid = change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    let video_mid = change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = change
+        .apply()
+        .ok_or_else(|| RecordError::Session("no offer".into()))?;
+    let answer = post_offer(&config, offer).await?;
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .map_err(|e| RecordError::Session(e.to_string()))?;
+
+    let mut out = FileState::Waiting { first_audio: None };
+    let (mut video_time, mut audio_time) = (TrackTime::new(), TrackTime::new());
+    let mut counts = RecordedTrackCounts::default();
+    let mut buf = vec![0u8; 2048];
+    let mut pending_audio: Vec<(Vec<u8>, u64)> = Vec::new();
+    loop {
+        let timeout = loop {
+            match rtc
+                .poll_output()
+                .map_err(|e| RecordError::Session(e.to_string()))?
+            {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                Output::Event(Event::MediaData(data)) => {
+                    handle_media(
+                        &config,
+                        &data,
+                        (audio_mid, video_mid),
+                        &mut out,
+                        (&mut audio_time, &mut video_time),
+                        &mut pending_audio,
+                        &mut counts,
+                    )?;
+                }
+                Output::Event(Event::IceConnectionStateChange(state)) => {
+                    debug!(?state, participant = %config.participant, "recording ICE");
+                    if state == str0m::IceConnectionState::Disconnected {
+                        return finish(out, counts);
+                    }
+                }
+                Output::Event(_) => {}
+            }
+        };
+        let wait = timeout
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(50));
+        tokio::select! {
+            _ = stop.cancelled() => return finish(out, counts),
+            received = tokio::time::timeout(wait, socket.recv_from(&mut buf)) => {
+                let now = Instant::now();
+                match received {
+                    Ok(Ok((n, source))) => {
+                        if let Ok(receive) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {
+                            rtc.handle_input(Input::Receive(now, receive)).map_err(|e| RecordError::Session(e.to_string()))?;
+                        }
+                    }
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => rtc.handle_input(Input::Timeout(now)).map_err(|e| RecordError::Session(e.to_string()))?,
+                }
+            }
+        }
+        if !rtc.is_alive() {
+            return finish(out, counts);
+        }
+    }
+}
+
+/// How long audio waits for a video keyframe before the file is made audio-only.
+const VIDEO_GRACE: Duration = Duration::from_secs(3);
+
+fn handle_media(
+    config: &WhepRecording,
+    data: &MediaData,
+    (audio_mid, video_mid): (Mid, Mid),
+    out: &mut FileState,
+    (audio_time, video_time): (&mut TrackTime, &mut TrackTime),
+    pending_audio: &mut Vec<(Vec<u8>, u64)>,
+    counts: &mut RecordedTrackCounts,
+) -> Result<(), RecordError> {
+    if data.mid == video_mid {
+        let ns = video_time.ns(data, 90_000, config.epoch);
+        if let FileState::Waiting { .. } = out {
+            let Some(format) = data
+                .is_keyframe()
+                .then(|| VideoFormat::from_vp8_keyframe(&data.data))
+                .flatten()
+            else {
+                return Ok(());
+            };
+            let mut writer = WebmWriter::new(File::create(&config.file)?, Some(format), Some(2))?;
+            for (packet, ns) in pending_audio.drain(..) {
+                writer.push_audio_ns(&packet, ns)?;
+            }
+            *out = FileState::Writing(writer);
+        }
+        if let FileState::Writing(writer) = out {
+            writer.push_video_ns(&data.data, ns, data.is_keyframe())?;
+            counts.video_frames += 1;
+        }
+    } else if data.mid == audio_mid {
+        let ns = audio_time.ns(data, 48_000, config.epoch);
+        counts.audio_packets += 1;
+        match out {
+            FileState::Writing(writer) => writer.push_audio_ns(&data.data, ns)?,
+            FileState::Waiting { first_audio } => {
+                let first = *first_audio.get_or_insert(data.network_time);
+                pending_audio.push((data.data.to_vec(), ns));
+                if data.network_time.saturating_duration_since(first) > VIDEO_GRACE {
+                    // No video: an audio-only file.
+                    let mut writer = WebmWriter::new(File::create(&config.file)?, None, Some(2))?;
+                    for (packet, ns) in pending_audio.drain(..) {
+                        writer.push_audio_ns(&packet, ns)?;
+                    }
+                    *out = FileState::Writing(writer);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn finish(out: FileState, counts: RecordedTrackCounts) -> Result<RecordedTrackCounts, RecordError> {
+    if let FileState::Writing(writer) = out {
+        writer.finish()?;
+    }
+    Ok(counts)
+}
+
+async fn post_offer(config: &WhepRecording, offer: SdpOffer) -> Result<SdpAnswer, RecordError> {
+    let url = format!(
+        "{}/whep/{}?participant={}",
+        config.server.trim_end_matches('/'),
+        config.room,
+        config.participant
+    );
+    let response = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&config.token)
+        .header("content-type", "application/sdp")
+        .body(offer.to_sdp_string())
+        .send()
+        .await
+        .map_err(|e| RecordError::Session(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(RecordError::Session(format!(
+            "WHEP answered {}",
+            response.status()
+        )));
+    }
+    let sdp = response
+        .text()
+        .await
+        .map_err(|e| RecordError::Session(e.to_string()))?;
+    SdpAnswer::from_sdp_string(&sdp).map_err(|e| RecordError::Session(e.to_string()))
+}

@@ -1,0 +1,238 @@
+//! Recording a room's participant over WHEP: a str0m publisher sends real VP8 (made by
+//! ffmpeg's libvpx) and real Opus (libopus) over WHIP; the recorder watches it like a player
+//! and writes a WebM file that ffprobe and ffmpeg check.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use common::peer::{MediaPeer, post_sdp};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
+use ting_protocol::Role;
+use tokio_util::sync::CancellationToken;
+
+fn vp8_frames(dir: &Path, seconds: u32) -> Vec<(Vec<u8>, bool)> {
+    let ivf = dir.join("source.ivf");
+    let status = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=30",
+        ])
+        .args([
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            "libvpx",
+            "-g",
+            "30",
+            "-b:v",
+            "300k",
+        ])
+        .arg(&ivf)
+        .status()
+        .expect("ffmpeg (scripts/install-deps installs it)");
+    assert!(status.success());
+    let data = std::fs::read(&ivf).unwrap();
+    let (mut frames, mut at) = (Vec::new(), 32);
+    while at + 12 <= data.len() {
+        let size = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        let frame = data[at + 12..at + 12 + size].to_vec();
+        frames.push((frame.clone(), frame[0] & 1 == 0));
+        at += 12 + size;
+    }
+    frames
+}
+
+fn opus_packets(seconds: u32) -> Vec<Vec<u8>> {
+    let mut encoder =
+        opus::Encoder::new(48_000, opus::Channels::Stereo, opus::Application::Voip).unwrap();
+    (0..seconds * 50)
+        .map(|n| {
+            let pcm: Vec<i16> = (0..1920)
+                .map(|i| {
+                    (((n * 960 + i / 2) as f64 / 48_000.0 * 440.0 * std::f64::consts::TAU).sin()
+                        * 8000.0) as i16
+                })
+                .collect();
+            let mut out = vec![0u8; 4000];
+            let len = encoder.encode(&pcm, &mut out).unwrap();
+            out.truncate(len);
+            out
+        })
+        .collect()
+}
+
+fn probe(path: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,codec_type,start_time:format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_is_recorded_to_a_webm_that_ffprobe_accepts() {
+    let dir = common::temp_dir("recording");
+    let server = TestServer::start(Duration::from_secs(5)).await;
+    let publisher_token = server.token("rec", "alice", Role::Speaker);
+    let frames = vp8_frames(&dir.0, 6);
+    let audio = opus_packets(6);
+
+    let mut peer = MediaPeer::udp();
+    let (offer, pending, mids) = peer.offer(&[
+        (MediaKind::Audio, Direction::SendOnly),
+        (MediaKind::Video, Direction::SendOnly),
+    ]);
+    let response = post_sdp(
+        &server,
+        "/whip/rec",
+        &publisher_token,
+        offer.to_sdp_string(),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let answer =
+        str0m::change::SdpAnswer::from_sdp_string(&response.text().await.unwrap()).unwrap();
+    peer.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(7);
+    let publishing = std::thread::spawn(move || {
+        let start = Instant::now();
+        let (mut v, mut a) = (0usize, 0usize);
+        peer.run(
+            deadline,
+            |rtc, now| {
+                if !rtc.is_connected() {
+                    return;
+                }
+                // Media starts after the recorder has joined, so both tracks begin with the
+                // same instant (a keyframe and its audio): their start times must match.
+                let Some(elapsed) = now
+                    .duration_since(start)
+                    .checked_sub(Duration::from_millis(1500))
+                else {
+                    return;
+                };
+                let pt = |rtc: &mut str0m::Rtc, mid, codec| {
+                    rtc.writer(mid)
+                        .unwrap()
+                        .payload_params()
+                        .find(|p| p.spec().codec == codec)
+                        .map(|p| p.pt())
+                        .unwrap()
+                };
+                while a < audio.len() && elapsed >= Duration::from_millis(a as u64 * 20) {
+                    let pt = pt(rtc, mids[0], Codec::Opus);
+                    let ts = MediaTime::new(a as u64 * 960, Frequency::FORTY_EIGHT_KHZ);
+                    rtc.writer(mids[0])
+                        .unwrap()
+                        .write(pt, now, ts, audio[a].clone())
+                        .unwrap();
+                    a += 1;
+                }
+                while v < frames.len() && elapsed >= Duration::from_millis(v as u64 * 1000 / 30) {
+                    let pt = pt(rtc, mids[1], Codec::Vp8);
+                    let ts = MediaTime::new(v as u64 * 3000, Frequency::NINETY_KHZ);
+                    rtc.writer(mids[1])
+                        .unwrap()
+                        .write(pt, now, ts, frames[v].0.clone())
+                        .unwrap();
+                    v += 1;
+                }
+            },
+            |_| {},
+        );
+    });
+
+    // The recorder joins a moment later, like a moderator pressing "record".
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let file = dir.0.join("alice.webm");
+    let stop = CancellationToken::new();
+    let recording = tokio::spawn(ting_recorder::record(
+        ting_recorder::WhepRecording {
+            server: server.url(""),
+            room: "rec".into(),
+            participant: "alice".into(),
+            token: server.token("rec", "recorder", Role::Viewer),
+            file: file.clone(),
+            local_ip: "127.0.0.1".parse().unwrap(),
+            epoch: Instant::now(),
+        },
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+    let counts = recording.await.unwrap().unwrap();
+    publishing.join().unwrap();
+    assert!(
+        counts.video_frames > 60 && counts.audio_packets > 100,
+        "{counts:?}"
+    );
+
+    let info = probe(&file);
+    let streams = info["streams"].as_array().unwrap();
+    let stream = |kind: &str| {
+        streams
+            .iter()
+            .find(|s| s["codec_type"] == kind)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(stream("video")["codec_name"], "vp8");
+    assert_eq!(stream("audio")["codec_name"], "opus");
+    let start = |kind: &str| {
+        stream(kind)["start_time"]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert!(
+        (start("video") - start("audio")).abs() < 0.1,
+        "A/V start {} vs {}",
+        start("video"),
+        start("audio")
+    );
+    let duration: f64 = info["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(duration > 3.0, "duration {duration}");
+    let decoded = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&file)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(decoded.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&decoded.stderr),
+        "",
+        "every frame decodes"
+    );
+    server.shutdown().await;
+}
