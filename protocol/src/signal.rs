@@ -100,6 +100,8 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         allow_self_unmute: Option<bool>,
     },
+    /// Moderation: start or stop recording the meeting (every publisher to a file of its own).
+    SetRecording { active: bool },
     /// Moderation: let a participant in from the lobby.
     Admit { participant_id: ParticipantId },
     /// Moderation: turn a participant in the lobby away.
@@ -358,6 +360,9 @@ pub struct RoomSettings {
     pub lobby: bool,
     /// Whether participants muted by a moderator may unmute themselves.
     pub allow_self_unmute: bool,
+    /// The meeting is being recorded (everybody sees it).
+    #[serde(default)]
+    pub recording: bool,
 }
 
 impl Default for RoomSettings {
@@ -366,6 +371,7 @@ impl Default for RoomSettings {
             locked: false,
             lobby: false,
             allow_self_unmute: true,
+            recording: false,
         }
     }
 }

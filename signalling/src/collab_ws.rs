@@ -203,6 +203,14 @@ pub fn moderation_audit(
             "room settings changed",
             format!("locked {locked:?}, lobby {lobby:?}, self-unmute {allow_self_unmute:?}"),
         ),
+        ClientMessage::SetRecording { active } => (
+            if *active {
+                "recording started"
+            } else {
+                "recording stopped"
+            },
+            String::new(),
+        ),
         ClientMessage::Admit { participant_id } => ("admitted", name(participant_id)),
         ClientMessage::Deny { participant_id } => ("denied", name(participant_id)),
         _ => return None,

@@ -39,6 +39,7 @@ pub fn app(hub: Hub) -> Router {
         .route("/whip/{room}/{session}", delete(session_delete))
         .route("/whep/{room}/{session}", delete(session_delete))
         .merge(crate::collab_http::routes())
+        .merge(crate::recording_http::routes())
         .fallback(get(static_file))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
         .with_state(state)

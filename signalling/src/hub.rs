@@ -107,6 +107,8 @@ struct Inner {
     cluster: Option<ClusterLink>,
     /// Chat, whiteboards, boards and files, when this node has a database for them.
     collab: std::sync::OnceLock<ting_collab::Collab>,
+    /// Where recordings go, when this node records.
+    recording: std::sync::OnceLock<crate::recording::RecordingConfig>,
 }
 
 impl Hub {
@@ -135,6 +137,7 @@ impl Hub {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             collab: std::sync::OnceLock::new(),
+            recording: std::sync::OnceLock::new(),
         }));
         if let Some(links) = hub.0.sfu.links() {
             links.set_handler(Arc::new(hub.clone()));
@@ -153,6 +156,15 @@ impl Hub {
 
     pub fn collab(&self) -> Option<&ting_collab::Collab> {
         self.0.collab.get()
+    }
+
+    /// Turns recording on for this node (once, at start).
+    pub fn set_recording_config(&self, config: crate::recording::RecordingConfig) {
+        let _ = self.0.recording.set(config);
+    }
+
+    pub fn recording_config(&self) -> Option<&crate::recording::RecordingConfig> {
+        self.0.recording.get()
     }
 
     pub fn keys(&self) -> &TokenKeys {
@@ -528,6 +540,16 @@ impl Hub {
             room
         };
         self.refresh_followers(&room);
+        if !next.is_empty() {
+            let publisher = self
+                .rooms()
+                .member(participant)
+                .filter(|m| !m.hidden)
+                .map(|m| m.info.identity.clone());
+            if let Some(identity) = publisher {
+                self.record_participant(&room, &identity);
+            }
+        }
         if let Some((mid, why)) = answer.rejected_tracks.first() {
             // The answer still applies; the client learns which declared track was ignored.
             let rooms = self.rooms();

@@ -83,6 +83,8 @@ pub struct Room {
     pub banned: HashSet<String>,
     /// Roster changes not sent yet.
     pub pending: PendingRoster,
+    /// The recording running now, if any.
+    pub recording: Option<crate::recording::ActiveRecording>,
 }
 
 impl Room {

@@ -528,6 +528,7 @@ where
             } => self
                 .hub
                 .update_room(participant, locked, lobby, allow_self_unmute),
+            ClientMessage::SetRecording { active } => self.hub.set_recording(participant, active),
             ClientMessage::Admit { participant_id } => self.hub.admit(participant, participant_id),
             ClientMessage::Deny { participant_id } => self.hub.deny(participant, participant_id),
             ClientMessage::CollabJoin { .. } => Err(HubError::new(

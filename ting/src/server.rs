@@ -267,6 +267,17 @@ pub async fn start(
             "collaboration add-ons are off: a cluster needs --database-url postgres://…"
         );
     }
+    // The recorder watches this node's own WHEP endpoint, over loopback when it can.
+    let local_ip = if config.bind.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        config.bind
+    };
+    hub.set_recording_config(ting_signalling::RecordingConfig {
+        dir: config.data_dir.join("recordings"),
+        server_url: format!("http://{}", SocketAddr::new(local_ip, http_addr.port())),
+        local_ip,
+    });
     tokio::spawn(ting_signalling::pump_sfu_events(hub.clone(), events));
     let heartbeats = membership.map(|m| m.spawn_heartbeats(stopped, directory.clone()));
     let task = tokio::spawn(async move {

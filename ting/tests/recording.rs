@@ -14,7 +14,7 @@ use common::TestServer;
 use common::peer::{MediaPeer, post_sdp};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
-use ting_protocol::Role;
+use ting_protocol::{ClientMessage, Role, ServerMessage};
 use tokio_util::sync::CancellationToken;
 
 fn vp8_frames(dir: &Path, seconds: u32) -> Vec<(Vec<u8>, bool)> {
@@ -94,23 +94,26 @@ fn probe(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_participant_is_recorded_to_a_webm_that_ffprobe_accepts() {
-    let dir = common::temp_dir("recording");
-    let server = TestServer::start(Duration::from_secs(5)).await;
-    let publisher_token = server.token("rec", "alice", Role::Speaker);
-    let frames = vp8_frames(&dir.0, 6);
-    let audio = opus_packets(6);
-
+/// Publishes real VP8 and Opus over WHIP, starting `delay` after connecting, until `run`
+/// has passed.
+async fn publish(
+    server: &TestServer,
+    room: &str,
+    token: &str,
+    frames: Vec<(Vec<u8>, bool)>,
+    audio: Vec<Vec<u8>>,
+    delay: Duration,
+    run: Duration,
+) -> std::thread::JoinHandle<()> {
     let mut peer = MediaPeer::udp();
     let (offer, pending, mids) = peer.offer(&[
         (MediaKind::Audio, Direction::SendOnly),
         (MediaKind::Video, Direction::SendOnly),
     ]);
     let response = post_sdp(
-        &server,
-        "/whip/rec",
-        &publisher_token,
+        server,
+        &format!("/whip/{room}"),
+        token,
         offer.to_sdp_string(),
     )
     .await;
@@ -118,8 +121,8 @@ async fn a_participant_is_recorded_to_a_webm_that_ffprobe_accepts() {
     let answer =
         str0m::change::SdpAnswer::from_sdp_string(&response.text().await.unwrap()).unwrap();
     peer.rtc.sdp_api().accept_answer(pending, answer).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(7);
-    let publishing = std::thread::spawn(move || {
+    let deadline = Instant::now() + run;
+    std::thread::spawn(move || {
         let start = Instant::now();
         let (mut v, mut a) = (0usize, 0usize);
         peer.run(
@@ -128,12 +131,7 @@ async fn a_participant_is_recorded_to_a_webm_that_ffprobe_accepts() {
                 if !rtc.is_connected() {
                     return;
                 }
-                // Media starts after the recorder has joined, so both tracks begin with the
-                // same instant (a keyframe and its audio): their start times must match.
-                let Some(elapsed) = now
-                    .duration_since(start)
-                    .checked_sub(Duration::from_millis(1500))
-                else {
+                let Some(elapsed) = now.duration_since(start).checked_sub(delay) else {
                     return;
                 };
                 let pt = |rtc: &mut str0m::Rtc, mid, codec| {
@@ -165,7 +163,147 @@ async fn a_participant_is_recorded_to_a_webm_that_ffprobe_accepts() {
             },
             |_| {},
         );
-    });
+    })
+}
+
+/// A moderator records the meeting: everyone sees it, the publisher gets a file of its own,
+/// moderators list and download it, others may not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moderator_records_the_meeting_and_downloads_it() {
+    let dir = common::temp_dir("room-recording");
+    let server = TestServer::start(Duration::from_secs(5)).await;
+    let host_token = server.token("weekly", "hana", Role::Host);
+    let (mut host, _) = common::Client::join(&server, &host_token).await;
+    let publishing = publish(
+        &server,
+        "weekly",
+        &server.token("weekly", "alice", Role::Speaker),
+        vp8_frames(&dir.0, 6),
+        opus_packets(6),
+        Duration::from_millis(1500),
+        Duration::from_secs(6),
+    )
+    .await;
+    // A speaker may not start it; the host may.
+    let (mut speaker, _) =
+        common::Client::join(&server, &server.token("weekly", "sam", Role::Speaker)).await;
+    speaker
+        .send(&ClientMessage::SetRecording { active: true })
+        .await;
+    speaker
+        .expect("refusal", |m| matches!(m, ServerMessage::Error { .. }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    host.send(&ClientMessage::SetRecording { active: true })
+        .await;
+    let on = host
+        .expect(
+            "recording on",
+            |m| matches!(m, ServerMessage::RoomUpdated { settings } if settings.recording),
+        )
+        .await;
+    assert!(matches!(on, ServerMessage::RoomUpdated { .. }));
+    speaker
+        .expect(
+            "everybody sees it",
+            |m| matches!(m, ServerMessage::RoomUpdated { settings } if settings.recording),
+        )
+        .await;
+    let (_late, joined) =
+        common::Client::join(&server, &server.token("weekly", "lou", Role::Speaker)).await;
+    let ServerMessage::Joined { settings, .. } = joined else {
+        unreachable!()
+    };
+    assert!(settings.recording, "a newcomer sees the recording at once");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    host.send(&ClientMessage::SetRecording { active: false })
+        .await;
+    host.expect(
+        "recording off",
+        |m| matches!(m, ServerMessage::RoomUpdated { settings } if !settings.recording),
+    )
+    .await;
+    publishing.join().unwrap();
+
+    let http = reqwest::Client::new();
+    let list_url = server.url("/api/rooms/weekly/recordings");
+    let refused = http
+        .get(&list_url)
+        .bearer_auth(server.token("weekly", "sam", Role::Speaker))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..50 {
+        listed = http
+            .get(&list_url)
+            .bearer_auth(&host_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if listed[0]["files"][0]["size"].as_u64().unwrap_or(0) > 10_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = listed[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(listed[0]["files"][0]["name"], "alice.webm", "{listed}");
+    let bytes = http
+        .get(server.url(&format!("/api/rooms/weekly/recordings/{id}/alice.webm")))
+        .bearer_auth(&host_token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let file = dir.0.join("downloaded.webm");
+    std::fs::write(&file, &bytes).unwrap();
+    let info = probe(&file);
+    let codecs: Vec<&str> = info["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["codec_name"].as_str().unwrap())
+        .collect();
+    assert!(
+        codecs.contains(&"vp8") && codecs.contains(&"opus"),
+        "{codecs:?}"
+    );
+    let traversal = http
+        .get(server.url(&format!(
+            "/api/rooms/weekly/recordings/{id}/..%2F..%2Ftoken-secret"
+        )))
+        .bearer_auth(&host_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traversal.status(), 404);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_is_recorded_to_a_webm_that_ffprobe_accepts() {
+    let dir = common::temp_dir("recording");
+    let server = TestServer::start(Duration::from_secs(5)).await;
+    let publisher_token = server.token("rec", "alice", Role::Speaker);
+    let frames = vp8_frames(&dir.0, 6);
+    let audio = opus_packets(6);
+
+    let publishing = publish(
+        &server,
+        "rec",
+        &publisher_token,
+        frames,
+        audio,
+        Duration::from_millis(1500),
+        Duration::from_secs(7),
+    )
+    .await;
 
     // The recorder joins a moment later, like a moderator pressing "record".
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -1,0 +1,205 @@
+//! Room recording: while a moderator has it on, every participant who publishes is recorded
+//! to a WebM file of its own by `ting-recorder`, which watches them over WHEP like a player.
+//! Everyone in the room sees `settings.recording`. Files go to
+//! `<recordings dir>/<room>/<recording id>/<identity>[-n].webm`.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ting_protocol::{ErrorCode, ParticipantId, Role, RoomId, ServerMessage};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::hub::{Hub, HubError};
+
+/// Where recordings go and how the recorder reaches this node.
+#[derive(Debug, Clone)]
+pub struct RecordingConfig {
+    pub dir: PathBuf,
+    /// This node's HTTP base, for the recorder's WHEP sessions.
+    pub server_url: String,
+    /// The address the recorder's media sockets bind to.
+    pub local_ip: IpAddr,
+}
+
+/// A room's running recording.
+#[derive(Debug)]
+pub struct ActiveRecording {
+    pub id: String,
+    dir: PathBuf,
+    epoch: Instant,
+    stop: CancellationToken,
+    /// Identities being recorded now.
+    recording: HashSet<String>,
+}
+
+/// A file name from an identity: letters, digits, `-`, `_`, `.` kept; the rest `_`.
+fn file_stem(identity: &str) -> String {
+    let stem: String = identity
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match stem.trim_start_matches('.') {
+        "" => "participant".to_owned(),
+        s => s.to_owned(),
+    }
+}
+
+impl Hub {
+    /// A moderator turns the room's recording on or off.
+    pub fn set_recording(&self, actor: ParticipantId, active: bool) -> Result<(), HubError> {
+        let room = {
+            let rooms = self.rooms();
+            let member = rooms.member(actor).ok_or_else(|| {
+                HubError::new(ErrorCode::NotJoined, "this session is not in a room")
+            })?;
+            if !member.info.role.moderates() {
+                return Err(HubError::new(
+                    ErrorCode::NotAllowed,
+                    "only hosts and moderators record",
+                ));
+            }
+            rooms
+                .room_of(actor)
+                .cloned()
+                .ok_or_else(|| HubError::new(ErrorCode::NotJoined, "no room"))?
+        };
+        self.set_room_recording(&room, active)
+    }
+
+    /// Turns a room's recording on or off (the caller checked the rights).
+    pub fn set_room_recording(&self, room: &RoomId, active: bool) -> Result<(), HubError> {
+        let Some(config) = self.recording_config() else {
+            return Err(HubError::new(
+                ErrorCode::Unavailable,
+                "recording is not enabled on this server",
+            ));
+        };
+        let publishers: Vec<String> = {
+            let mut rooms = self.rooms();
+            let Some(r) = rooms.room_mut(room) else {
+                return Err(HubError::new(
+                    ErrorCode::NotJoined,
+                    "nobody is in this room",
+                ));
+            };
+            match (&r.recording, active) {
+                (Some(_), true) | (None, false) => return Ok(()),
+                (Some(_), false) => {
+                    if let Some(recording) = r.recording.take() {
+                        recording.stop.cancel();
+                        info!(%room, id = %recording.id, "recording stopped");
+                    }
+                }
+                (None, true) => {
+                    let stamp = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis())
+                        .unwrap_or(0);
+                    let id = format!("{stamp}");
+                    let dir = config.dir.join(room.as_str()).join(&id);
+                    if let Err(e) = std::fs::create_dir_all(&dir) {
+                        return Err(HubError::new(
+                            ErrorCode::Internal,
+                            format!("recording folder: {e}"),
+                        ));
+                    }
+                    info!(%room, %id, "recording started");
+                    r.recording = Some(ActiveRecording {
+                        id,
+                        dir,
+                        epoch: Instant::now(),
+                        stop: CancellationToken::new(),
+                        recording: HashSet::new(),
+                    });
+                }
+            }
+            r.settings.recording = active;
+            let settings = r.settings;
+            r.broadcast(&ServerMessage::RoomUpdated { settings }, None);
+            r.members
+                .values()
+                .filter(|m| !m.hidden && !m.info.tracks.is_empty())
+                .map(|m| m.info.identity.clone())
+                .collect()
+        };
+        for identity in publishers {
+            self.record_participant(room, &identity);
+        }
+        Ok(())
+    }
+
+    /// Starts recording `identity` if the room records and it is not recorded yet.
+    pub(crate) fn record_participant(&self, room: &RoomId, identity: &str) {
+        let Some(config) = self.recording_config().cloned() else {
+            return;
+        };
+        let (file, epoch, stop) = {
+            let mut rooms = self.rooms();
+            let Some(recording) = rooms.room_mut(room).and_then(|r| r.recording.as_mut()) else {
+                return;
+            };
+            if !recording.recording.insert(identity.to_owned()) {
+                return;
+            }
+            // A participant who comes back gets a new file next to the old one.
+            let stem = file_stem(identity);
+            let mut file = recording.dir.join(format!("{stem}.webm"));
+            let mut n = 1;
+            while file.exists() {
+                n += 1;
+                file = recording.dir.join(format!("{stem}-{n}.webm"));
+            }
+            (file, recording.epoch, recording.stop.child_token())
+        };
+        let token = match self.keys().mint(
+            room.clone(),
+            "ting-recorder",
+            "Recorder",
+            Role::Viewer,
+            Duration::from_secs(24 * 3600),
+        ) {
+            Ok(token) => token,
+            Err(e) => {
+                warn!("recorder token: {e}");
+                return;
+            }
+        };
+        let hub = self.clone();
+        let (room, identity) = (room.clone(), identity.to_owned());
+        tokio::spawn(async move {
+            let result = ting_recorder::record(
+                ting_recorder::WhepRecording {
+                    server: config.server_url.clone(),
+                    room: room.to_string(),
+                    participant: identity.clone(),
+                    token,
+                    file: file.clone(),
+                    local_ip: config.local_ip,
+                    epoch,
+                },
+                stop,
+            )
+            .await;
+            match result {
+                Ok(counts) => {
+                    info!(%room, file = %file.display(), video = counts.video_frames, audio = counts.audio_packets, "participant recorded")
+                }
+                Err(e) => warn!(%room, "recording a participant failed: {e}"),
+            }
+            let mut rooms = hub.rooms();
+            if let Some(recording) = rooms.room_mut(&room).and_then(|r| r.recording.as_mut()) {
+                recording.recording.remove(&identity);
+            }
+        });
+    }
+}
