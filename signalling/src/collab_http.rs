@@ -683,7 +683,13 @@ async fn set_retention(
         .set_retention(&actor, rule.keep_days)
         .await
         .map_err(from_collab)?;
-    Ok(Json(report).into_response())
+    let recordings = match rule.keep_days {
+        Some(days) => state.hub.expire_recordings(&actor.room, days).await,
+        None => 0,
+    };
+    let mut body = serde_json::to_value(report).unwrap_or_default();
+    body["recordings"] = recordings.into();
+    Ok(Json(body).into_response())
 }
 
 async fn retention(

@@ -47,6 +47,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     tokio::spawn(hub.clone().flush_rosters_until_shutdown());
+    tokio::spawn(hub.clone().sweep_recordings_until_shutdown());
     let drain = hub.clone();
     // Signalling sends small messages back to back (a snapshot, then `synced`): without
     // TCP_NODELAY the second waits for the client's delayed ACK, some 40 ms.

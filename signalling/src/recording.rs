@@ -54,7 +54,71 @@ fn file_stem(identity: &str) -> String {
     }
 }
 
+/// How often recordings are checked against their room's retention rule.
+const RETENTION_SWEEP: Duration = Duration::from_secs(600);
+
 impl Hub {
+    /// Deletes `room`'s recordings older than `keep_days` (their id is their start time in
+    /// unix ms), auditing each; returns how many went.
+    pub async fn expire_recordings(&self, room: &str, keep_days: u32) -> usize {
+        let Some(config) = self.recording_config() else {
+            return 0;
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let cutoff = now_ms.saturating_sub(u128::from(keep_days) * 24 * 3600 * 1000);
+        let mut removed = 0;
+        let dir = config.dir.join(room);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let Ok(started) = id.parse::<u128>() else {
+                continue;
+            };
+            if started >= cutoff {
+                continue;
+            }
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    removed += 1;
+                    if let Some(collab) = self.collab() {
+                        let detail = format!("recording {id}, older than {keep_days} days");
+                        collab
+                            .audit(room, "retention", "recording expired", &detail)
+                            .await;
+                    }
+                }
+                Err(e) => warn!(room, %id, "expired recording not removed: {e}"),
+            }
+        }
+        removed
+    }
+
+    /// Applies every room's retention rule to its recordings, every ten minutes, until the
+    /// server stops.
+    pub async fn sweep_recordings_until_shutdown(self) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RETENTION_SWEEP) => {}
+                _ = self.shutdown_token().cancelled() => return,
+            }
+            let Some(collab) = self.collab() else {
+                continue;
+            };
+            let rules = match collab.store().retention_rules().await {
+                Ok(rules) => rules,
+                Err(e) => {
+                    warn!("retention rules not read: {e}");
+                    continue;
+                }
+            };
+            for (room, days) in rules {
+                self.expire_recordings(&room, days).await;
+            }
+        }
+    }
+
     /// A moderator turns the room's recording on or off.
     pub fn set_recording(&self, actor: ParticipantId, active: bool) -> Result<(), HubError> {
         let room = {

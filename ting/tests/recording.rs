@@ -166,6 +166,58 @@ async fn publish(
     })
 }
 
+/// The room's retention rule covers its recordings: an old one goes (audited), a new one stays.
+#[tokio::test]
+async fn retention_removes_old_recordings() {
+    let dir = common::temp_dir("recording-retention");
+    let data = dir.0.clone();
+    let server = TestServer::start_with_collab(None, dir).await;
+    let old = data.join("recordings/keep/1000");
+    let new = data.join(format!(
+        "recordings/keep/{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    ));
+    for folder in [&old, &new] {
+        std::fs::create_dir_all(folder).unwrap();
+        std::fs::write(folder.join("alice.webm"), b"webm").unwrap();
+    }
+    let host = server.token("keep", "hana", Role::Host);
+    let http = reqwest::Client::new();
+    let report: serde_json::Value = http
+        .put(server.url("/api/rooms/keep/retention"))
+        .bearer_auth(&host)
+        .json(&serde_json::json!({"keep_days": 30}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["recordings"], 1, "{report}");
+    assert!(!old.exists() && new.exists());
+    let audit: serde_json::Value = http
+        .get(server.url("/api/rooms/keep/audit"))
+        .bearer_auth(&host)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "recording expired"),
+        "{audit}"
+    );
+    server.shutdown().await;
+}
+
 /// A moderator records the meeting: everyone sees it, the publisher gets a file of its own,
 /// moderators list and download it, others may not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

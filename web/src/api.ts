@@ -118,3 +118,24 @@ export function setRetention(room: string, token: string, keepDays: number | nul
     body: JSON.stringify({ keep_days: keepDays }),
   });
 }
+
+// ---- meeting recordings (hosts and moderators) ----
+
+export interface RecordingFile {
+  name: string;
+  size: number;
+}
+
+/** One recording of the room; `id` is its start time in unix ms (as a string). */
+export interface Recording {
+  id: string;
+  files: RecordingFile[];
+}
+
+export function listRecordings(room: string, token: string): Promise<Recording[]> {
+  return call(`/api/rooms/${seg(room)}/recordings`, { headers: bearer(token) });
+}
+
+export function recordingFileUrl(room: string, id: string, file: string, token: string): string {
+  return `/api/rooms/${seg(room)}/recordings/${seg(id)}/${seg(file)}?token=${seg(token)}`;
+}

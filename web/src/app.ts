@@ -1,6 +1,6 @@
 // Wiring: landing → device check → meeting, and the banners that explain what goes wrong.
 
-import { getConfig, tokenClaims } from './api.js';
+import { getConfig, listRecordings, recordingFileUrl, tokenClaims } from './api.js';
 import { CollabClient } from './collab.js';
 import { acquire, describeMediaError } from './media.js';
 import { describeRoleChange, Moderation, type ModerationListener } from './moderation.js';
@@ -30,6 +30,8 @@ declare global {
       readonly signallingUrl: string | null;
       /** Chat, whiteboard, board and files as the page has them (null before joining). */
       readonly collab: CollabView | null;
+      /** Whether the meeting is being recorded (false outside a meeting). */
+      readonly recording: boolean;
     };
   }
 }
@@ -69,6 +71,9 @@ window.ting = {
   },
   get collab() {
     return collabPanel?.view() ?? null;
+  },
+  get recording() {
+    return moderation?.recording ?? false;
   },
 };
 
@@ -307,6 +312,11 @@ function startMeeting(token: string, room: string, name: string, local: LocalMed
     leave: () => signalling?.leave(),
     panelToggled: (open: boolean) => {
       if (open) for (const key of PANEL_NOTICES) banners.hide(key);
+    },
+    recordings: {
+      // The room the server put us in (an invite link may not name it).
+      list: () => listRecordings(session?.room ?? room, token),
+      url: (id: string, file: string) => recordingFileUrl(session?.room ?? room, id, file, token),
     },
   };
 

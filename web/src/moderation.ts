@@ -84,6 +84,11 @@ export class Moderation {
     return moderates(this.role);
   }
 
+  /** Whether the meeting is being recorded. */
+  get recording(): boolean {
+    return this.settings.recording;
+  }
+
   get handRaised(): boolean {
     return !!this.session.self.hand_raised;
   }
@@ -113,7 +118,7 @@ export class Moderation {
   handle(msg: ServerMessage): void {
     switch (msg.type) {
       case 'room_updated':
-        this.settings = msg.settings;
+        this.settings = { ...DEFAULT_ROOM_SETTINGS, ...msg.settings };
         break;
       case 'lobby_updated': {
         const before = this.lobby.length;
@@ -240,8 +245,13 @@ export class Moderation {
     this.signal.send({ type: 'remove_participant', participant_id: participant });
   }
 
-  updateRoom(change: Partial<RoomSettings>): void {
+  updateRoom(change: Partial<Omit<RoomSettings, 'recording'>>): void {
     this.signal.send({ type: 'update_room', ...change });
+  }
+
+  /** Starts or stops recording the meeting; everyone learns of it from `room_updated`. */
+  setRecording(active: boolean): void {
+    this.signal.send({ type: 'set_recording', active });
   }
 
   admit(participant: ParticipantId): void {

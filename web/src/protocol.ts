@@ -63,9 +63,16 @@ export interface RoomSettings {
   lobby: boolean;
   /** Whether participants muted by a moderator may unmute themselves. */
   allow_self_unmute: boolean;
+  /** The meeting is being recorded (moderators start and stop it with `set_recording`). */
+  recording: boolean;
 }
 
-export const DEFAULT_ROOM_SETTINGS: Readonly<RoomSettings> = { locked: false, lobby: false, allow_self_unmute: true };
+export const DEFAULT_ROOM_SETTINGS: Readonly<RoomSettings> = {
+  locked: false,
+  lobby: false,
+  allow_self_unmute: true,
+  recording: false,
+};
 
 export type ModerationAction = 'muted' | 'unmute_allowed' | 'role_changed';
 
@@ -97,6 +104,8 @@ export type ClientMessage =
   | { type: 'mute_all'; kind: TrackKind }
   | { type: 'remove_participant'; participant_id: ParticipantId }
   | { type: 'update_room'; locked?: boolean; lobby?: boolean; allow_self_unmute?: boolean }
+  /** Hosts and moderators: start or stop recording the meeting (`room_updated` confirms). */
+  | { type: 'set_recording'; active: boolean }
   | { type: 'admit'; participant_id: ParticipantId }
   | { type: 'deny'; participant_id: ParticipantId }
   /** Instead of `join`: a collab-only session (team space), no media. */

@@ -6,7 +6,7 @@ import { mayPublish, type ParticipantId, type ParticipantInfo, type TrackId, typ
 import type { Session } from '../session.js';
 import { h, icon } from './dom.js';
 import { icons } from './icons.js';
-import { ParticipantsPanel } from './participants.js';
+import { ParticipantsPanel, type RecordingsSource } from './participants.js';
 
 export interface MeetingActions {
   toggleMic(): void;
@@ -16,6 +16,8 @@ export interface MeetingActions {
   leave(): void;
   /** The participants panel was opened or closed. */
   panelToggled(open: boolean): void;
+  /** The room's recordings (listed for moderators in the participants panel). */
+  recordings: RecordingsSource;
 }
 
 interface TileModel {
@@ -72,8 +74,18 @@ export class MeetingView {
   private readonly count = h('span', { className: 'badge', id: 'participant-count' }, '1');
   /** People waiting in the lobby (moderators only). */
   private readonly lobbyCount = h('span', { className: 'badge badge-attention', id: 'lobby-count', hidden: true });
-  private readonly participants = new ParticipantsPanel();
-  private readonly panel = this.participants.el;
+  /** Announces recording starting and stopping; holds the badge while it runs. */
+  private readonly recordingLive = h('span', { className: 'recording-live', role: 'status', 'aria-live': 'polite' });
+  private readonly recordingBadge = h(
+    'span',
+    { className: 'recording-indicator', 'data-testid': 'recording-indicator', title: 'This meeting is being recorded' },
+    h('span', { className: 'recording-dot', 'aria-hidden': 'true' }),
+    'Recording',
+  );
+  /** null until the first render (nothing to announce for the state one joins in, but the badge). */
+  private recording: boolean | null = null;
+  private readonly participants: ParticipantsPanel;
+  private readonly panel: HTMLElement;
   private readonly micButton: HTMLButtonElement;
   private readonly handButton: HTMLButtonElement;
   private readonly cameraButton: HTMLButtonElement;
@@ -90,6 +102,8 @@ export class MeetingView {
 
   constructor(root: HTMLElement, actions: MeetingActions) {
     this.onPanelToggled = actions.panelToggled;
+    this.participants = new ParticipantsPanel(actions.recordings);
+    this.panel = this.participants.el;
     // Toggle buttons keep one name; aria-pressed (and the styling) tells the state.
     const toggle = (id: string, label: string, svg: string, run: () => void) =>
       h('button', { id, type: 'button', className: 'control', 'aria-pressed': 'false', title: label, onclick: run },
@@ -117,7 +131,7 @@ export class MeetingView {
       h(
         'div',
         { className: 'meeting', id: 'meeting' },
-        h('header', { className: 'meeting-header' }, h('span', { className: 'brand small' }, 'Ting'), this.roomTitle, this.status),
+        h('header', { className: 'meeting-header' }, h('span', { className: 'brand small' }, 'Ting'), this.roomTitle, this.recordingLive, this.status),
         h('div', { className: 'meeting-body' }, this.stage, this.panel),
         h(
           'nav',
@@ -160,6 +174,7 @@ export class MeetingView {
     this.renderTiles(models);
     this.renderAudio(session);
     this.renderControls(session);
+    this.renderRecording(moderation.recording);
     this.renderPanel(session, moderation);
     this.layoutGrid();
     this.measureNewTiles();
@@ -389,6 +404,16 @@ export class MeetingView {
     if (iconEl && iconEl.innerHTML !== svg) iconEl.innerHTML = svg;
   }
 
+  /** The badge in the header while the meeting is recorded; the live region says when that changes. */
+  private renderRecording(recording: boolean): void {
+    if (recording === this.recording) return;
+    const before = this.recording;
+    this.recording = recording;
+    if (recording) this.recordingLive.replaceChildren(this.recordingBadge);
+    else if (before === null) this.recordingLive.replaceChildren();
+    else this.recordingLive.replaceChildren(h('span', { className: 'visually-hidden' }, 'Recording stopped'));
+  }
+
   private renderPanel(s: Session, m: Moderation): void {
     this.count.textContent = String(s.participantCount);
     const waiting = this.participants.waiting;
@@ -411,6 +436,7 @@ export class MeetingView {
   private togglePanel(): void {
     this.panel.hidden = !this.panel.hidden;
     this.peopleButton.setAttribute('aria-expanded', String(!this.panel.hidden));
+    if (!this.panel.hidden) this.participants.opened();
     this.layoutGrid();
     this.onPanelToggled(!this.panel.hidden);
   }

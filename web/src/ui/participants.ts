@@ -3,11 +3,23 @@
 // kept per participant and updated in place, so a click or the keyboard focus survives the
 // frequent re-renders (active speaker, mute changes).
 
+import type { Recording } from '../api.js';
 import type { Moderation } from '../moderation.js';
 import { mayPublish, type ParticipantId, type ParticipantInfo, type Role, type TrackKind } from '../protocol.js';
 import type { Session } from '../session.js';
 import { h, icon } from './dom.js';
+import { formatBytes } from './files.js';
 import { icons } from './icons.js';
+
+/** The room's recordings over HTTP (the token stays with the caller). */
+export interface RecordingsSource {
+  list(): Promise<Recording[]>;
+  /** A download link for one file of a recording. */
+  url(id: string, file: string): string;
+}
+
+/** After a recording stops, wait this long before listing (the last files are being closed). */
+const RECORDINGS_RELIST_MS = 1000;
 
 type Action = 'promote' | 'demote' | 'mute-audio' | 'stop-video' | 'allow-unmute' | 'remove';
 
@@ -44,6 +56,13 @@ function setIcon(el: HTMLElement, svg: string, off: boolean): void {
   el.classList.toggle('off', off);
 }
 
+/** A recording's id is its start in unix ms: show when it started. */
+function describeRecording(id: string): string {
+  const ms = Number(id);
+  if (!/^\d{12,14}$/.test(id) || !Number.isFinite(ms)) return id;
+  return `Started ${new Date(ms).toLocaleString()}`;
+}
+
 export class ParticipantsPanel {
   readonly el: HTMLElement;
   private readonly count = h('span', {});
@@ -57,7 +76,17 @@ export class ParticipantsPanel {
   private readonly lobbyToggle = h('input', { type: 'checkbox', id: 'lobby-toggle' });
   private readonly selfUnmute = h('input', { type: 'checkbox', id: 'allow-self-unmute' });
   private readonly muteAll = h('button', { id: 'mute-all', type: 'button', className: 'small' }, icon(icons.micOff), 'Mute all');
+  private readonly recordToggle = h('button', { id: 'recording-toggle', type: 'button', className: 'small record-toggle', 'data-testid': 'recording-toggle' });
   private readonly roomControls: HTMLElement;
+
+  private readonly recordingsList = h('ul', { className: 'recordings-list', 'data-testid': 'recordings-list' });
+  private readonly recordingsNote = h('p', { className: 'recordings-note', role: 'status' });
+  private readonly recordingsSection: HTMLElement;
+  /** Whether the list was fetched since the panel was opened (or since the last change). */
+  private recordingsLoaded = false;
+  /** Answers to older requests are dropped. */
+  private recordingsRequest = 0;
+  private wasRecording: boolean | null = null;
 
   private readonly lobbyList = h('ul', { className: 'lobby-list' });
   private readonly lobbyBadge = h('span', { className: 'count-badge', id: 'lobby-badge' });
@@ -78,7 +107,7 @@ export class ParticipantsPanel {
   private moderation: Moderation | null = null;
   private session: Session | null = null;
 
-  constructor() {
+  constructor(private readonly recordings: RecordingsSource) {
     const toggle = (input: HTMLInputElement, label: string, hint: string) =>
       h('label', { className: 'switch', title: hint }, input, h('span', {}, label));
     this.lockRoom.addEventListener('change', () => this.moderation?.updateRoom({ locked: this.lockRoom.checked }));
@@ -94,7 +123,21 @@ export class ParticipantsPanel {
       toggle(this.lockRoom, 'Lock room', 'Nobody new can join (hosts and moderators still can)'),
       toggle(this.lobbyToggle, 'Lobby', 'New people wait until a moderator admits them'),
       toggle(this.selfUnmute, 'Allow self-unmute', 'People muted by a moderator may unmute themselves'),
-      h('div', { className: 'room-actions' }, this.muteAll),
+      h('div', { className: 'room-actions' }, this.muteAll, this.recordToggle),
+    );
+    this.recordToggle.addEventListener('click', () => {
+      const m = this.moderation;
+      if (m) m.setRecording(!m.recording);
+    });
+
+    const refresh = h('button', { type: 'button', className: 'small', 'data-testid': 'recordings-refresh' }, 'Refresh');
+    refresh.addEventListener('click', () => void this.loadRecordings());
+    this.recordingsSection = h(
+      'section',
+      { id: 'recordings', className: 'recordings', 'aria-labelledby': 'recordings-title', hidden: true },
+      h('div', { className: 'section-title' }, h('h3', { id: 'recordings-title' }, 'Recordings'), refresh),
+      this.recordingsNote,
+      this.recordingsList,
     );
 
     this.admitAll.addEventListener('click', () => {
@@ -124,6 +167,7 @@ export class ParticipantsPanel {
       { id: 'participants-panel', className: 'panel', hidden: true, 'aria-labelledby': 'participants-title' },
       h('h2', { id: 'participants-title' }, 'Participants (', this.count, ')'),
       this.roomControls,
+      this.recordingsSection,
       this.lobbySection,
       this.list,
       this.audienceSection,
@@ -159,6 +203,12 @@ export class ParticipantsPanel {
     });
   }
 
+  /** The panel was opened: moderators get a fresh list of recordings. */
+  opened(): void {
+    this.recordingsLoaded = false;
+    if (this.moderation?.isModerator) void this.loadRecordings();
+  }
+
   /** Shows the lobby (or the list) at the top of the panel. */
   reveal(): void {
     (this.lobbySection.hidden ? this.list : this.lobbySection).scrollIntoView({ block: 'nearest' });
@@ -166,10 +216,71 @@ export class ParticipantsPanel {
 
   private renderRoomControls(m: Moderation): void {
     this.roomControls.hidden = !m.isModerator;
+    this.recordingsSection.hidden = !m.isModerator;
+    const recording = m.recording;
+    const stopped = this.wasRecording === true && !recording;
+    this.wasRecording = recording;
     if (!m.isModerator) return;
     this.lockRoom.checked = m.settings.locked;
     this.lobbyToggle.checked = m.settings.lobby;
     this.selfUnmute.checked = m.settings.allow_self_unmute;
+    this.recordToggle.replaceChildren(
+      h('span', { className: recording ? 'record-stop' : 'record-dot', 'aria-hidden': 'true' }),
+      recording ? 'Stop recording' : 'Record',
+    );
+    this.recordToggle.classList.toggle('active', recording);
+    this.recordToggle.title = recording
+      ? 'Stop recording the meeting'
+      : 'Record the meeting: everyone who publishes is recorded, and everyone sees that it runs';
+    if (this.el.hidden) return;
+    if (stopped) window.setTimeout(() => void this.loadRecordings(), RECORDINGS_RELIST_MS);
+    // Opened before this participant became a moderator.
+    else if (!this.recordingsLoaded) void this.loadRecordings();
+  }
+
+  /** Fetches the room's recordings and lists them with download links (newest first). */
+  private async loadRecordings(): Promise<void> {
+    const request = ++this.recordingsRequest;
+    this.recordingsLoaded = true;
+    this.recordingsNote.textContent = 'Loading…';
+    let list: Recording[];
+    try {
+      list = await this.recordings.list();
+    } catch (err) {
+      if (request !== this.recordingsRequest) return;
+      this.recordingsNote.textContent = `Could not list the recordings: ${(err as Error).message}`;
+      return;
+    }
+    if (request !== this.recordingsRequest) return;
+    const sorted = [...list].sort((a, b) => (b.id.length - a.id.length) || b.id.localeCompare(a.id));
+    this.recordingsNote.textContent = sorted.length === 0 ? 'No recordings yet.' : '';
+    this.recordingsList.replaceChildren(
+      ...sorted.map((r) =>
+        h(
+          'li',
+          { 'data-recording-id': r.id },
+          h('span', { className: 'recording-when' }, describeRecording(r.id)),
+          r.files.length === 0
+            ? h('span', { className: 'recording-empty' }, 'No files')
+            : h(
+                'ul',
+                { className: 'recording-files' },
+                ...r.files.map((f) =>
+                  h(
+                    'li',
+                    {},
+                    h(
+                      'a',
+                      { href: this.recordings.url(r.id, f.name), download: f.name, 'data-testid': 'recording-file' },
+                      f.name,
+                    ),
+                    h('span', { className: 'file-meta' }, ` ${formatBytes(f.size)}`),
+                  ),
+                ),
+              ),
+        ),
+      ),
+    );
   }
 
   /** Moderators find viewers (who are only counted) by name and invite them to speak. */
