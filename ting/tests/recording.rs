@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use common::peer::{MediaPeer, post_sdp};
+use common::peer::MediaPeer;
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
 use ting_protocol::{ClientMessage, Role, ServerMessage};
@@ -97,7 +97,7 @@ fn probe(path: &Path) -> serde_json::Value {
 /// Publishes real VP8 and Opus over WHIP, starting `delay` after connecting, until `run`
 /// has passed.
 async fn publish(
-    server: &TestServer,
+    base: &str,
     room: &str,
     token: &str,
     frames: Vec<(Vec<u8>, bool)>,
@@ -110,13 +110,14 @@ async fn publish(
         (MediaKind::Audio, Direction::SendOnly),
         (MediaKind::Video, Direction::SendOnly),
     ]);
-    let response = post_sdp(
-        server,
-        &format!("/whip/{room}"),
-        token,
-        offer.to_sdp_string(),
-    )
-    .await;
+    let response = reqwest::Client::new()
+        .post(format!("{base}/whip/{room}"))
+        .bearer_auth(token)
+        .header("content-type", "application/sdp")
+        .body(offer.to_sdp_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 201);
     let answer =
         str0m::change::SdpAnswer::from_sdp_string(&response.text().await.unwrap()).unwrap();
@@ -227,7 +228,7 @@ async fn a_moderator_records_the_meeting_and_downloads_it() {
     let host_token = server.token("weekly", "hana", Role::Host);
     let (mut host, _) = common::Client::join(&server, &host_token).await;
     let publishing = publish(
-        &server,
+        &server.url(""),
         "weekly",
         &server.token("weekly", "alice", Role::Speaker),
         vp8_frames(&dir.0, 6),
@@ -347,7 +348,7 @@ async fn a_participant_is_recorded_to_a_webm_that_ffprobe_accepts() {
     let audio = opus_packets(6);
 
     let publishing = publish(
-        &server,
+        &server.url(""),
         "rec",
         &publisher_token,
         frames,
@@ -425,4 +426,107 @@ async fn a_participant_is_recorded_to_a_webm_that_ffprobe_accepts() {
         "every frame decodes"
     );
     server.shutdown().await;
+}
+
+/// The whole server killed with SIGKILL while it records: the file written so far plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_recording_leaves_a_playable_file() {
+    let dir = common::temp_dir("killed-recording");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secret = "killed-recording-secret-0123456789";
+    let mut ting = std::process::Command::new(env!("CARGO_BIN_EXE_ting"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--udp-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--shards",
+            "1",
+        ])
+        .args(["--http-port", &port.to_string(), "--token-secret", secret])
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let keys = ting_signalling::TokenKeys::new(secret.as_bytes()).unwrap();
+    let token = |who: &str, role| {
+        keys.mint(
+            ting_protocol::RoomId::new("kill").unwrap(),
+            who,
+            who,
+            role,
+            Duration::from_secs(600),
+        )
+        .unwrap()
+    };
+    let publishing = publish(
+        &base,
+        "kill",
+        &token("alice", Role::Speaker),
+        vp8_frames(&dir.0, 8),
+        opus_packets(8),
+        Duration::from_millis(1500),
+        Duration::from_secs(8),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = reqwest::Client::new()
+        .put(format!("{base}/api/rooms/kill/recording"))
+        .bearer_auth(token("hana", Role::Host))
+        .json(&serde_json::json!({"active": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 204);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ting.kill().unwrap();
+    ting.wait().unwrap();
+    publishing.join().unwrap();
+
+    let recordings = dir.0.join("recordings/kill");
+    let recording = std::fs::read_dir(&recordings)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let file = recording.join("alice.webm");
+    let info = probe(&file);
+    assert_eq!(info["streams"][0]["codec_name"], "vp8", "{info}");
+    let frames = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let count: u32 = String::from_utf8_lossy(&frames.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(count >= 30, "{count} frames playable after the kill");
 }
