@@ -40,6 +40,8 @@ pub struct SignallingConfig {
     /// The first participant id this node gives out; in a cluster each node starts in a range
     /// of its own, so that ids are unique across the cluster.
     pub first_participant_id: u64,
+    /// Every meeting is recorded from its first publisher on (a moderator may stop it).
+    pub auto_record: bool,
 }
 
 impl Default for SignallingConfig {
@@ -50,6 +52,7 @@ impl Default for SignallingConfig {
             join_timeout: Duration::from_secs(10),
             quick_start_ttl: Duration::from_secs(12 * 3600),
             first_participant_id: 1,
+            auto_record: false,
         }
     }
 }
@@ -547,7 +550,18 @@ impl Hub {
                 .filter(|m| !m.hidden)
                 .map(|m| m.info.identity.clone());
             if let Some(identity) = publisher {
-                self.record_participant(&room, &identity);
+                let auto_start = self.0.config.auto_record
+                    && self
+                        .rooms()
+                        .room(&room)
+                        .is_some_and(|r| r.recording.is_none() && !r.recording_stopped);
+                if auto_start {
+                    if let Err(e) = self.set_room_recording(&room, true) {
+                        tracing::warn!(%room, "automatic recording not started: {}", e.message);
+                    }
+                } else {
+                    self.record_participant(&room, &identity);
+                }
             }
         }
         if let Some((mid, why)) = answer.rejected_tracks.first() {

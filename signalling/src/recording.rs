@@ -188,6 +188,7 @@ impl Hub {
                 }
             }
             r.settings.recording = active;
+            r.recording_stopped = !active;
             let settings = r.settings;
             r.broadcast(&ServerMessage::RoomUpdated { settings }, None);
             r.members

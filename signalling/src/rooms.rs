@@ -85,6 +85,8 @@ pub struct Room {
     pub pending: PendingRoster,
     /// The recording running now, if any.
     pub recording: Option<crate::recording::ActiveRecording>,
+    /// A moderator stopped the recording: automatic recording does not start it again.
+    pub recording_stopped: bool,
 }
 
 impl Room {

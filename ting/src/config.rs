@@ -108,6 +108,9 @@ pub struct ServeArgs {
     pub s3_access_key_id: Option<String>,
     #[arg(long, env = "TING_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub s3_secret_access_key: Option<String>,
+    /// Record every meeting from its first publisher on (moderators may stop it).
+    #[arg(long, env = "TING_AUTO_RECORD")]
+    pub auto_record: bool,
     /// Largest file in the file drop, in MiB (default 2048).
     #[arg(long, env = "TING_MAX_FILE_MB")]
     pub max_file_mb: Option<u64>,
@@ -147,6 +150,7 @@ pub struct FileConfig {
     pub s3_region: Option<String>,
     pub max_file_mb: Option<u64>,
     pub room_quota_mb: Option<u64>,
+    pub auto_record: Option<bool>,
 }
 
 impl FileConfig {
@@ -216,6 +220,8 @@ pub struct ServeConfig {
     pub cluster: Option<ClusterConfig>,
     /// `None`: no collaboration add-ons (a cluster without a shared database).
     pub collab: Option<CollabSettings>,
+    /// Record every meeting from its first publisher on.
+    pub auto_record: bool,
 }
 
 /// Where collaboration data lives.
@@ -248,6 +254,7 @@ impl ServeConfig {
             roles,
             cluster,
             collab,
+            auto_record: args.auto_record || file.auto_record.unwrap_or(false),
             token_secret,
             http_port: args
                 .http_port

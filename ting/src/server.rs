@@ -235,6 +235,7 @@ pub async fn start(
         quick_start: config.quick_start,
         resume_grace: config.resume_grace,
         first_participant_id,
+        auto_record: config.auto_record,
         ..SignallingConfig::default()
     };
     let hub = Hub::new(

@@ -174,6 +174,7 @@ async fn a_node_that_cannot_reach_redis_does_not_start() {
         shards: 1,
         cluster: Some(config),
         collab: None,
+        auto_record: false,
     };
     let error = ting::server::start(serve, std::future::pending())
         .await

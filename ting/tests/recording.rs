@@ -167,6 +167,54 @@ async fn publish(
     })
 }
 
+/// With automatic recording a meeting records from its first publisher on; a moderator who
+/// stops it is not overruled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_recording_starts_with_the_first_publisher() {
+    let dir = common::temp_dir("auto-recording");
+    let data = dir.0.clone();
+    let server = TestServer::start_auto_recording(dir).await;
+    let (mut host, joined) =
+        common::Client::join(&server, &server.token("auto", "hana", Role::Host)).await;
+    let ServerMessage::Joined { settings, .. } = joined else {
+        unreachable!()
+    };
+    assert!(!settings.recording, "nobody publishes yet");
+    let publishing = publish(
+        &server.url(""),
+        "auto",
+        &server.token("auto", "alice", Role::Speaker),
+        vp8_frames(&data, 4),
+        opus_packets(4),
+        Duration::from_millis(500),
+        Duration::from_secs(4),
+    )
+    .await;
+    host.expect(
+        "recording on",
+        |m| matches!(m, ServerMessage::RoomUpdated { settings } if settings.recording),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    host.send(&ClientMessage::SetRecording { active: false })
+        .await;
+    host.expect(
+        "recording off",
+        |m| matches!(m, ServerMessage::RoomUpdated { settings } if !settings.recording),
+    )
+    .await;
+    publishing.join().unwrap();
+    let recordings: Vec<_> = std::fs::read_dir(data.join("recordings/auto"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        recordings.len(),
+        1,
+        "one recording, not restarted after the stop"
+    );
+    server.shutdown().await;
+}
+
 /// The room's retention rule covers its recordings: an old one goes (audited), a new one stays.
 #[tokio::test]
 async fn retention_removes_old_recordings() {

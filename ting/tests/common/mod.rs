@@ -91,7 +91,15 @@ impl TestServer {
         shards: usize,
         cluster: Option<ting::config::ClusterConfig>,
     ) -> Self {
-        Self::start_full(resume_grace, shards, cluster, None, temp_dir("server")).await
+        Self::start_full(
+            resume_grace,
+            shards,
+            cluster,
+            None,
+            temp_dir("server"),
+            false,
+        )
+        .await
     }
 
     /// A server with the collaboration add-ons on `database_url` (SQLite in `dir` when
@@ -108,7 +116,7 @@ impl TestServer {
                 ..ting_collab::FileLimits::default()
             },
         };
-        Self::start_full(Duration::from_secs(5), 1, None, Some(settings), dir).await
+        Self::start_full(Duration::from_secs(5), 1, None, Some(settings), dir, false).await
     }
 
     /// A server with these collaboration settings, keeping its data in `dir`.
@@ -116,7 +124,7 @@ impl TestServer {
         settings: ting::config::CollabSettings,
         dir: TempDir,
     ) -> Self {
-        Self::start_full(Duration::from_secs(5), 1, None, Some(settings), dir).await
+        Self::start_full(Duration::from_secs(5), 1, None, Some(settings), dir, false).await
     }
 
     /// A cluster node with the collaboration add-ons on a shared database.
@@ -136,8 +144,15 @@ impl TestServer {
             Some(cluster),
             Some(settings),
             dir,
+            false,
         )
         .await
+    }
+
+    /// A server that records every meeting from its first publisher on, keeping its data in
+    /// `dir`.
+    pub async fn start_auto_recording(dir: TempDir) -> Self {
+        Self::start_full(Duration::from_secs(5), 1, None, None, dir, true).await
     }
 
     async fn start_full(
@@ -146,6 +161,7 @@ impl TestServer {
         cluster: Option<ting::config::ClusterConfig>,
         collab: Option<ting::config::CollabSettings>,
         dir: TempDir,
+        auto_record: bool,
     ) -> Self {
         let config = ServeConfig {
             roles: ting::config::Roles::ALL,
@@ -163,6 +179,7 @@ impl TestServer {
             shards,
             cluster,
             collab,
+            auto_record,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let running = ting::server::start(config, async move {
