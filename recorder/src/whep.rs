@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
@@ -99,7 +99,39 @@ pub async fn record(
     let (offer, pending) = change
         .apply()
         .ok_or_else(|| RecordError::Session("no offer".into()))?;
-    let answer = post_offer(&config, offer).await?;
+    let (answer, session) = post_offer(&config, offer).await?;
+    let result = run(
+        &config,
+        rtc,
+        socket,
+        local,
+        (answer, pending),
+        (audio_mid, video_mid),
+        stop,
+    )
+    .await;
+    // End the WHEP session at once (otherwise the server keeps it until ICE times out).
+    if let Some(session) = session {
+        let url = format!("{}{session}", config.server.trim_end_matches('/'));
+        let _ = reqwest::Client::new()
+            .delete(url)
+            .bearer_auth(&config.token)
+            .send()
+            .await;
+    }
+    result
+}
+
+/// The session's loop, until `stop` or the end of the participant's media.
+async fn run(
+    config: &WhepRecording,
+    mut rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    (answer, pending): (SdpAnswer, SdpPendingOffer),
+    (audio_mid, video_mid): (Mid, Mid),
+    stop: CancellationToken,
+) -> Result<RecordedTrackCounts, RecordError> {
     rtc.sdp_api()
         .accept_answer(pending, answer)
         .map_err(|e| RecordError::Session(e.to_string()))?;
@@ -121,7 +153,7 @@ pub async fn record(
                 }
                 Output::Event(Event::MediaData(data)) => {
                     handle_media(
-                        &config,
+                        config,
                         &data,
                         (audio_mid, video_mid),
                         &mut out,
@@ -224,7 +256,11 @@ fn finish(out: FileState, counts: RecordedTrackCounts) -> Result<RecordedTrackCo
     Ok(counts)
 }
 
-async fn post_offer(config: &WhepRecording, offer: SdpOffer) -> Result<SdpAnswer, RecordError> {
+/// Posts the offer; returns the answer and the session's location (for the DELETE).
+async fn post_offer(
+    config: &WhepRecording,
+    offer: SdpOffer,
+) -> Result<(SdpAnswer, Option<String>), RecordError> {
     let url = format!(
         "{}/whep/{}?participant={}",
         config.server.trim_end_matches('/'),
@@ -245,9 +281,16 @@ async fn post_offer(config: &WhepRecording, offer: SdpOffer) -> Result<SdpAnswer
             response.status()
         )));
     }
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let sdp = response
         .text()
         .await
         .map_err(|e| RecordError::Session(e.to_string()))?;
-    SdpAnswer::from_sdp_string(&sdp).map_err(|e| RecordError::Session(e.to_string()))
+    let answer =
+        SdpAnswer::from_sdp_string(&sdp).map_err(|e| RecordError::Session(e.to_string()))?;
+    Ok((answer, location))
 }

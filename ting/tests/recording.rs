@@ -324,6 +324,23 @@ async fn a_moderator_records_the_meeting_and_downloads_it() {
         |m| matches!(m, ServerMessage::RoomUpdated { settings } if !settings.recording),
     )
     .await;
+    // The recorder's sessions end with the recording: the headcount is back to the four
+    // people (host, speaker, newcomer, publisher) at once, not after an ICE timeout.
+    let back = tokio::time::timeout(
+        Duration::from_secs(3),
+        host.expect("the recorder gone", |m| {
+            matches!(
+                m,
+                ServerMessage::RosterCount { count: 4 }
+                    | ServerMessage::RosterChanged { count: 4, .. }
+            )
+        }),
+    )
+    .await;
+    assert!(
+        back.is_ok(),
+        "the recorder's session ended with the recording"
+    );
     publishing.join().unwrap();
 
     let http = reqwest::Client::new();
