@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, MediaData, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
@@ -66,8 +66,9 @@ impl TrackTime {
                 .saturating_duration_since(epoch)
                 .as_nanos() as u64
         });
-        let ticks = self.clock.ticks(data.time.numer() as u32).max(0) as u64;
-        offset + ticks * 1_000_000_000 / rate
+        let ticks = self.clock.ticks(data.time.numer() as u32).max(0) as u128;
+        let ns = ticks * 1_000_000_000 / u128::from(rate);
+        offset.saturating_add(u64::try_from(ns).unwrap_or(u64::MAX))
     }
 }
 
@@ -141,6 +142,7 @@ async fn run(
     let mut counts = RecordedTrackCounts::default();
     let mut buf = vec![0u8; 2048];
     let mut pending_audio: Vec<(Vec<u8>, u64)> = Vec::new();
+    let mut video_broken = false;
     loop {
         let timeout = loop {
             match rtc
@@ -152,7 +154,22 @@ async fn run(
                     let _ = socket.send_to(&t.contents, t.destination).await;
                 }
                 Output::Event(Event::MediaData(data)) => {
-                    handle_media(
+                    // After a lost packet the video waits for a keyframe (and asks for one):
+                    // frames that reference what was lost would show as garbage.
+                    if data.mid == video_mid {
+                        if !data.contiguous && !data.is_keyframe() {
+                            if !video_broken && let Some(mut writer) = rtc.writer(video_mid) {
+                                let _ = writer.request_keyframe(data.rid, KeyframeRequestKind::Pli);
+                            }
+                            video_broken = true;
+                        } else if data.is_keyframe() {
+                            video_broken = false;
+                        }
+                        if video_broken {
+                            continue;
+                        }
+                    }
+                    let handled = handle_media(
                         config,
                         &data,
                         (audio_mid, video_mid),
@@ -160,13 +177,16 @@ async fn run(
                         (&mut audio_time, &mut video_time),
                         &mut pending_audio,
                         &mut counts,
-                    )?;
+                    );
+                    if let Err(e) = handled {
+                        // What was written stays playable.
+                        let _ = finish(out, counts);
+                        return Err(e);
+                    }
                 }
                 Output::Event(Event::IceConnectionStateChange(state)) => {
+                    // Disconnected may recover; the end is `is_alive()` turning false.
                     debug!(?state, participant = %config.participant, "recording ICE");
-                    if state == str0m::IceConnectionState::Disconnected {
-                        return finish(out, counts);
-                    }
                 }
                 Output::Event(_) => {}
             }
@@ -261,14 +281,17 @@ async fn post_offer(
     config: &WhepRecording,
     offer: SdpOffer,
 ) -> Result<(SdpAnswer, Option<String>), RecordError> {
-    let url = format!(
-        "{}/whep/{}?participant={}",
+    let base = format!(
+        "{}/whep/{}",
         config.server.trim_end_matches('/'),
-        config.room,
-        config.participant
+        config.room
     );
+    let mut url = reqwest::Url::parse(&base).map_err(|e| RecordError::Session(e.to_string()))?;
+    // Identities may hold `+`, `#`, `&`…: encoded, not pasted.
+    url.query_pairs_mut()
+        .append_pair("participant", &config.participant);
     let response = reqwest::Client::new()
-        .post(&url)
+        .post(url)
         .bearer_auth(&config.token)
         .header("content-type", "application/sdp")
         .body(offer.to_sdp_string())

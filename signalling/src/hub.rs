@@ -443,6 +443,7 @@ impl Hub {
             }
             info!(room = %room, participant = %participant, ?reason, "left");
             self.refresh_followers(&room);
+            self.recording_after_departure(&room);
         }
     }
 

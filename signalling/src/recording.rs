@@ -3,7 +3,8 @@
 //! Everyone in the room sees `settings.recording`. Files go to
 //! `<recordings dir>/<room>/<recording id>/<identity>[-n].webm`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::fs::OpenOptions;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,9 +31,11 @@ pub struct ActiveRecording {
     pub id: String,
     dir: PathBuf,
     epoch: Instant,
+    /// Child of the server's shutdown: stopping the server finishes every file.
     stop: CancellationToken,
-    /// Identities being recorded now.
-    recording: HashSet<String>,
+    /// Identities being recorded now, with their recorder's number and stop.
+    recorders: HashMap<String, (u64, CancellationToken)>,
+    next_recorder: u64,
 }
 
 /// A file name from an identity: letters, digits, `-`, `_`, `.` kept; the rest `_`.
@@ -157,7 +160,12 @@ impl Hub {
                 ));
             };
             match (&r.recording, active) {
-                (Some(_), true) | (None, false) => return Ok(()),
+                (Some(_), true) => return Ok(()),
+                (None, false) => {
+                    // Under --auto-record, a stop before anyone publishes holds too.
+                    r.recording_stopped = true;
+                    return Ok(());
+                }
                 (Some(_), false) => {
                     if let Some(recording) = r.recording.take() {
                         recording.stop.cancel();
@@ -182,8 +190,9 @@ impl Hub {
                         id,
                         dir,
                         epoch: Instant::now(),
-                        stop: CancellationToken::new(),
-                        recording: HashSet::new(),
+                        stop: self.shutdown_token().child_token(),
+                        recorders: HashMap::new(),
+                        next_recorder: 0,
                     });
                 }
             }
@@ -208,40 +217,67 @@ impl Hub {
         let Some(config) = self.recording_config().cloned() else {
             return;
         };
-        let (file, epoch, stop) = {
+        let (file, epoch, stop, number, recording_id) = {
             let mut rooms = self.rooms();
             let Some(recording) = rooms.room_mut(room).and_then(|r| r.recording.as_mut()) else {
                 return;
             };
-            if !recording.recording.insert(identity.to_owned()) {
+            if recording.recorders.contains_key(identity) {
                 return;
             }
-            // A participant who comes back gets a new file next to the old one.
+            // Reserved here, under the lock: two identities with one file name, or a
+            // participant who comes back, get files of their own.
             let stem = file_stem(identity);
-            let mut file = recording.dir.join(format!("{stem}.webm"));
-            let mut n = 1;
-            while file.exists() {
-                n += 1;
-                file = recording.dir.join(format!("{stem}-{n}.webm"));
+            let mut file = None;
+            for n in 1..1000 {
+                let name = if n == 1 {
+                    format!("{stem}.webm")
+                } else {
+                    format!("{stem}-{n}.webm")
+                };
+                let path = recording.dir.join(name);
+                if OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .is_ok()
+                {
+                    file = Some(path);
+                    break;
+                }
             }
-            (file, recording.epoch, recording.stop.child_token())
+            let Some(file) = file else {
+                warn!(%room, "no file name left for a recording");
+                return;
+            };
+            let stop = recording.stop.child_token();
+            let number = recording.next_recorder;
+            recording.next_recorder += 1;
+            recording
+                .recorders
+                .insert(identity.to_owned(), (number, stop.clone()));
+            (file, recording.epoch, stop, number, recording.id.clone())
         };
         let token = match self.keys().mint(
             room.clone(),
             "ting-recorder",
             "Recorder",
-            Role::Viewer,
+            // A moderator's rights let the recorder into locked rooms and past the lobby; its
+            // WHEP session cannot use them for anything else.
+            Role::Moderator,
             Duration::from_secs(24 * 3600),
         ) {
             Ok(token) => token,
             Err(e) => {
                 warn!("recorder token: {e}");
+                self.forget_recorder(room, identity, &recording_id, number);
                 return;
             }
         };
         let hub = self.clone();
         let (room, identity) = (room.clone(), identity.to_owned());
-        tokio::spawn(async move {
+        // On the sessions' tracker: a graceful shutdown waits for the files to be finished.
+        self.sessions().spawn(async move {
             let result = ting_recorder::record(
                 ting_recorder::WhepRecording {
                     server: config.server_url.clone(),
@@ -261,10 +297,52 @@ impl Hub {
                 }
                 Err(e) => warn!(%room, "recording a participant failed: {e}"),
             }
-            let mut rooms = hub.rooms();
-            if let Some(recording) = rooms.room_mut(&room).and_then(|r| r.recording.as_mut()) {
-                recording.recording.remove(&identity);
-            }
+            hub.forget_recorder(&room, &identity, &recording_id, number);
         });
+    }
+
+    /// Drops a finished recorder from its recording (not from a newer one).
+    fn forget_recorder(&self, room: &RoomId, identity: &str, recording_id: &str, number: u64) {
+        let mut rooms = self.rooms();
+        if let Some(recording) = rooms.room_mut(room).and_then(|r| r.recording.as_mut())
+            && recording.id == recording_id
+            && recording
+                .recorders
+                .get(identity)
+                .is_some_and(|(n, _)| *n == number)
+        {
+            recording.recorders.remove(identity);
+        }
+    }
+
+    /// After somebody left: recorders of identities nobody publishes as any more stop (their
+    /// files are finished), and a recording with nobody left but its own recorders ends.
+    pub(crate) fn recording_after_departure(&self, room: &RoomId) {
+        let mut rooms = self.rooms();
+        let Some(r) = rooms.room_mut(room) else {
+            return;
+        };
+        let publishing: HashSet<&str> = r
+            .members
+            .values()
+            .filter(|m| !m.hidden && !m.info.tracks.is_empty())
+            .map(|m| m.info.identity.as_str())
+            .collect();
+        let nobody = r.members.values().all(|m| m.hidden);
+        let Some(recording) = r.recording.as_mut() else {
+            return;
+        };
+        recording.recorders.retain(|identity, (_, stop)| {
+            let keep = publishing.contains(identity.as_str());
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        if nobody && let Some(recording) = r.recording.take() {
+            recording.stop.cancel();
+            r.settings.recording = false;
+            info!(%room, id = %recording.id, "recording ended: everybody left");
+        }
     }
 }

@@ -177,7 +177,10 @@ async fn download(
         .await
         .map_err(|_| not_found())?;
     let size = handle.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(handle));
+    // A recording in progress keeps growing: send the size measured above, no more.
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(
+        tokio::io::AsyncReadExt::take(handle, size),
+    ));
     Ok((
         [
             (header::CONTENT_TYPE, "video/webm".to_owned()),

@@ -104,7 +104,7 @@ async fn publish(
     audio: Vec<Vec<u8>>,
     delay: Duration,
     run: Duration,
-) -> std::thread::JoinHandle<()> {
+) -> (std::thread::JoinHandle<()>, String) {
     let mut peer = MediaPeer::udp();
     let (offer, pending, mids) = peer.offer(&[
         (MediaKind::Audio, Direction::SendOnly),
@@ -119,11 +119,12 @@ async fn publish(
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
     let answer =
         str0m::change::SdpAnswer::from_sdp_string(&response.text().await.unwrap()).unwrap();
     peer.rtc.sdp_api().accept_answer(pending, answer).unwrap();
     let deadline = Instant::now() + run;
-    std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         let start = Instant::now();
         let (mut v, mut a) = (0usize, 0usize);
         peer.run(
@@ -164,7 +165,8 @@ async fn publish(
             },
             |_| {},
         );
-    })
+    });
+    (thread, location)
 }
 
 /// With automatic recording a meeting records from its first publisher on; a moderator who
@@ -180,7 +182,7 @@ async fn automatic_recording_starts_with_the_first_publisher() {
         unreachable!()
     };
     assert!(!settings.recording, "nobody publishes yet");
-    let publishing = publish(
+    let (publishing, _) = publish(
         &server.url(""),
         "auto",
         &server.token("auto", "alice", Role::Speaker),
@@ -212,6 +214,77 @@ async fn automatic_recording_starts_with_the_first_publisher() {
         1,
         "one recording, not restarted after the stop"
     );
+    server.shutdown().await;
+}
+
+/// When everybody has left, the recording ends by itself: the recorder stops, its file is
+/// finished (with its duration), and the room is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_ends_when_everybody_leaves() {
+    let dir = common::temp_dir("recording-ends");
+    let data = dir.0.clone();
+    let server = TestServer::start_auto_recording(dir).await;
+    let token = server.token("empty", "alice", Role::Speaker);
+    let (publishing, location) = publish(
+        &server.url(""),
+        "empty",
+        &token,
+        vp8_frames(&data, 4),
+        opus_packets(4),
+        Duration::from_millis(300),
+        Duration::from_secs(3),
+    )
+    .await;
+    publishing.join().unwrap();
+    let left = reqwest::Client::new()
+        .delete(server.url(&location))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.status(), 200);
+    // The recorder finishes its file and leaves; a newcomer finds no recording running.
+    let mut finished = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let folder = std::fs::read_dir(data.join("recordings/empty"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let file = folder.join("alice.webm");
+        if let Ok(out) = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&file)
+            .output()
+            && let Ok(duration) = String::from_utf8_lossy(&out.stdout).trim().parse::<f64>()
+        {
+            finished = Some(duration);
+            break;
+        }
+    }
+    let duration = finished.expect("the file was finished with a duration");
+    assert!(duration > 1.5, "duration {duration}");
+    let (_late, joined) =
+        common::Client::join(&server, &server.token("empty", "bo", Role::Speaker)).await;
+    let ServerMessage::Joined {
+        settings,
+        participant_count,
+        ..
+    } = joined
+    else {
+        unreachable!()
+    };
+    assert!(!settings.recording, "the old recording does not go on");
+    assert_eq!(participant_count, 1, "no recorder left behind");
     server.shutdown().await;
 }
 
@@ -275,7 +348,7 @@ async fn a_moderator_records_the_meeting_and_downloads_it() {
     let server = TestServer::start(Duration::from_secs(5)).await;
     let host_token = server.token("weekly", "hana", Role::Host);
     let (mut host, _) = common::Client::join(&server, &host_token).await;
-    let publishing = publish(
+    let (publishing, _) = publish(
         &server.url(""),
         "weekly",
         &server.token("weekly", "alice", Role::Speaker),
@@ -412,7 +485,7 @@ async fn a_participant_is_recorded_to_a_webm_that_ffprobe_accepts() {
     let frames = vp8_frames(&dir.0, 6);
     let audio = opus_packets(6);
 
-    let publishing = publish(
+    let (publishing, _) = publish(
         &server.url(""),
         "rec",
         &publisher_token,
@@ -540,7 +613,7 @@ async fn a_server_killed_mid_recording_leaves_a_playable_file() {
         )
         .unwrap()
     };
-    let publishing = publish(
+    let (publishing, _) = publish(
         &base,
         "kill",
         &token("alice", Role::Speaker),
