@@ -57,7 +57,10 @@ fn moderator(
         .keys()
         .verify(token, Some(&room))
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
-    if !claims.role.moderates() || claims.file.is_some() {
+    if !claims.role.moderates()
+        || claims.file.is_some()
+        || state.hub.is_banned(&claims.room, &claims.sub)
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::NotAllowed,
