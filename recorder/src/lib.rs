@@ -9,6 +9,8 @@
 
 mod clock;
 mod ogg_opus;
+#[cfg(feature = "test-media")]
+pub mod test_media;
 mod webm_file;
 mod whep;
 

@@ -9,67 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
+use ting_recorder::test_media::{opus_packets, vp8_frames};
 use ting_recorder::{OggOpusWriter, VideoFormat, WebmWriter};
-
-/// 20 ms Opus packets of a 440 Hz tone, `seconds` long.
-fn opus_packets(seconds: u32) -> Vec<Vec<u8>> {
-    let mut encoder =
-        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
-    (0..seconds * 50)
-        .map(|n| {
-            let pcm: Vec<i16> = (0..960)
-                .map(|i| {
-                    let t = f64::from(n * 960 + i) / 48_000.0;
-                    ((t * 440.0 * std::f64::consts::TAU).sin() * 8000.0) as i16
-                })
-                .collect();
-            let mut out = vec![0u8; 4000];
-            let len = encoder.encode(&pcm, &mut out).unwrap();
-            out.truncate(len);
-            out
-        })
-        .collect()
-}
-
-/// VP8 frames (data, keyframe) of ffmpeg's test pattern, 30 fps.
-fn vp8_frames(dir: &Path, seconds: u32) -> Vec<(Vec<u8>, bool)> {
-    let ivf = dir.join("source.ivf");
-    let status = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=30",
-        ])
-        .args([
-            "-t",
-            &seconds.to_string(),
-            "-c:v",
-            "libvpx",
-            "-g",
-            "30",
-            "-b:v",
-            "300k",
-        ])
-        .arg(&ivf)
-        .status()
-        .expect("ffmpeg (scripts/install-deps installs it)");
-    assert!(status.success());
-    let data = std::fs::read(&ivf).unwrap();
-    let mut frames = Vec::new();
-    let mut at = 32; // IVF file header
-    while at + 12 <= data.len() {
-        let size = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
-        let frame = data[at + 12..at + 12 + size].to_vec();
-        let keyframe = frame[0] & 1 == 0;
-        frames.push((frame, keyframe));
-        at += 12 + size;
-    }
-    frames
-}
 
 fn probe(path: &Path) -> Value {
     let out = Command::new("ffprobe")
@@ -116,7 +57,7 @@ fn opus_in_ogg_decodes_with_the_right_duration() {
     let mut writer = OggOpusWriter::new(File::create(&path).unwrap(), 7, 1).unwrap();
     // Start near the 32-bit edge: the file must not notice the wrap.
     let mut ts = u32::MAX - 960 * 20;
-    for packet in opus_packets(5) {
+    for packet in opus_packets(5, false) {
         writer.push(&packet, ts).unwrap();
         ts = ts.wrapping_add(960);
     }
@@ -136,7 +77,7 @@ fn vp8_and_opus_in_webm_decode_and_line_up() {
     assert_eq!((format.width, format.height), (320, 240));
     let path = dir.path().join("camera.webm");
     let mut writer = WebmWriter::new(File::create(&path).unwrap(), Some(format), Some(1)).unwrap();
-    let audio = opus_packets(3);
+    let audio = opus_packets(3, false);
     // Interleave as they would arrive: 30 fps video (3000 ticks) and 50 audio packets a second.
     let (mut v, mut a) = (0usize, 0usize);
     while v < frames.len() || a < audio.len() {
@@ -190,7 +131,7 @@ fn a_killed_recorder_leaves_playable_files() {
     for (i, (frame, keyframe)) in frames.iter().enumerate() {
         webm.push_video(frame, i as u32 * 3000, *keyframe).unwrap();
     }
-    for (i, packet) in opus_packets(4).iter().enumerate() {
+    for (i, packet) in opus_packets(4, false).iter().enumerate() {
         ogg.push(packet, i as u32 * 960).unwrap();
     }
     // As if the process died: nothing is finished, nothing more is written.

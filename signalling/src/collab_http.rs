@@ -16,13 +16,12 @@ use base64::Engine;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use ting_collab::{Actor, Collab, CollabError, FileError, Upload};
+use ting_protocol::ErrorCode;
 use ting_protocol::collab::{CollabErrorCode, ObjectName};
-use ting_protocol::{ErrorCode, RoomId};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::collab_ws;
-use crate::http::{ApiError, AppState};
-use crate::token::Claims;
+use crate::http::{ApiError, AppState, TokenQuery, claims, room_id};
 
 const TUS_VERSION: &str = "1.0.0";
 const TUS_EXTENSIONS: &str = "creation,expiration,checksum,termination";
@@ -65,51 +64,6 @@ fn collab(state: &AppState) -> Result<&Collab, ApiError> {
             ErrorCode::Unavailable,
             "collaboration is not enabled on this server",
         )
-    })
-}
-
-#[derive(Deserialize, Default)]
-struct TokenQuery {
-    #[serde(default)]
-    token: Option<String>,
-}
-
-fn room_id(room: &str) -> Result<RoomId, ApiError> {
-    RoomId::new(room).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadMessage,
-            e.to_string(),
-        )
-    })
-}
-
-/// The verified claims of the request's token for `room`.
-fn claims(
-    state: &AppState,
-    headers: &HeaderMap,
-    query: &TokenQuery,
-    room: &str,
-) -> Result<Claims, ApiError> {
-    let room = room_id(room)?;
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let token = bearer.or(query.token.as_deref()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::InvalidToken,
-            "a token is required",
-        )
-    })?;
-    state.hub.keys().verify(token, Some(&room)).map_err(|e| {
-        let status = if e == crate::token::TokenError::WrongRoom {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::UNAUTHORIZED
-        };
-        ApiError::new(status, e.code(), e.to_string())
     })
 }
 

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use prometheus::{Encoder, TextEncoder};
@@ -14,6 +14,7 @@ use ting_protocol::{ErrorCode, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, Role, RoomId
 use tracing::{debug, error};
 
 use crate::hub::{Hub, HubError, random_token};
+use crate::token::Claims;
 use crate::whip::{HttpSessions, session_delete, whep_post, whip_post};
 
 #[derive(Clone)]
@@ -266,4 +267,49 @@ async fn static_file(uri: Uri) -> Response {
             .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct TokenQuery {
+    #[serde(default)]
+    pub(crate) token: Option<String>,
+}
+
+pub(crate) fn room_id(room: &str) -> Result<RoomId, ApiError> {
+    RoomId::new(room).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadMessage,
+            e.to_string(),
+        )
+    })
+}
+
+/// The verified claims of the request's token for `room`.
+pub(crate) fn claims(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &TokenQuery,
+    room: &str,
+) -> Result<Claims, ApiError> {
+    let room = room_id(room)?;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = bearer.or(query.token.as_deref()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidToken,
+            "a token is required",
+        )
+    })?;
+    state.hub.keys().verify(token, Some(&room)).map_err(|e| {
+        let status = if e == crate::token::TokenError::WrongRoom {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    })
 }

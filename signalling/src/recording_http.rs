@@ -9,9 +9,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde::{Deserialize, Serialize};
-use ting_protocol::{ErrorCode, RoomId};
+use ting_protocol::ErrorCode;
 
-use crate::http::{ApiError, AppState};
+use crate::http::{ApiError, AppState, TokenQuery, claims};
 use crate::token::Claims;
 
 pub fn routes() -> Router<AppState> {
@@ -21,12 +21,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/rooms/{room}/recordings/{id}/{file}", get(download))
 }
 
-#[derive(Deserialize, Default)]
-struct TokenQuery {
-    #[serde(default)]
-    token: Option<String>,
-}
-
 /// The token's claims if it is a moderator's for `room`.
 fn moderator(
     state: &AppState,
@@ -34,29 +28,7 @@ fn moderator(
     query: &TokenQuery,
     room: &str,
 ) -> Result<Claims, ApiError> {
-    let room = RoomId::new(room).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadMessage,
-            e.to_string(),
-        )
-    })?;
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let token = bearer.or(query.token.as_deref()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::InvalidToken,
-            "a token is required",
-        )
-    })?;
-    let claims = state
-        .hub
-        .keys()
-        .verify(token, Some(&room))
-        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
+    let claims = claims(state, headers, query, room)?;
     if !claims.role.moderates()
         || claims.file.is_some()
         || state.hub.is_banned(&claims.room, &claims.sub)

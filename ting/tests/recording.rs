@@ -15,63 +15,8 @@ use common::peer::MediaPeer;
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
 use ting_protocol::{ClientMessage, Role, ServerMessage};
+use ting_recorder::test_media::{opus_packets, vp8_frames};
 use tokio_util::sync::CancellationToken;
-
-fn vp8_frames(dir: &Path, seconds: u32) -> Vec<(Vec<u8>, bool)> {
-    let ivf = dir.join("source.ivf");
-    let status = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=30",
-        ])
-        .args([
-            "-t",
-            &seconds.to_string(),
-            "-c:v",
-            "libvpx",
-            "-g",
-            "30",
-            "-b:v",
-            "300k",
-        ])
-        .arg(&ivf)
-        .status()
-        .expect("ffmpeg (scripts/install-deps installs it)");
-    assert!(status.success());
-    let data = std::fs::read(&ivf).unwrap();
-    let (mut frames, mut at) = (Vec::new(), 32);
-    while at + 12 <= data.len() {
-        let size = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
-        let frame = data[at + 12..at + 12 + size].to_vec();
-        frames.push((frame.clone(), frame[0] & 1 == 0));
-        at += 12 + size;
-    }
-    frames
-}
-
-fn opus_packets(seconds: u32) -> Vec<Vec<u8>> {
-    let mut encoder =
-        opus::Encoder::new(48_000, opus::Channels::Stereo, opus::Application::Voip).unwrap();
-    (0..seconds * 50)
-        .map(|n| {
-            let pcm: Vec<i16> = (0..1920)
-                .map(|i| {
-                    (((n * 960 + i / 2) as f64 / 48_000.0 * 440.0 * std::f64::consts::TAU).sin()
-                        * 8000.0) as i16
-                })
-                .collect();
-            let mut out = vec![0u8; 4000];
-            let len = encoder.encode(&pcm, &mut out).unwrap();
-            out.truncate(len);
-            out
-        })
-        .collect()
-}
 
 fn probe(path: &Path) -> serde_json::Value {
     let out = Command::new("ffprobe")
@@ -187,7 +132,7 @@ async fn automatic_recording_starts_with_the_first_publisher() {
         "auto",
         &server.token("auto", "alice", Role::Speaker),
         vp8_frames(&data, 4),
-        opus_packets(4),
+        opus_packets(4, true),
         Duration::from_millis(500),
         Duration::from_secs(4),
     )
@@ -230,7 +175,7 @@ async fn a_recording_ends_when_everybody_leaves() {
         "empty",
         &token,
         vp8_frames(&data, 4),
-        opus_packets(4),
+        opus_packets(4, true),
         Duration::from_millis(300),
         Duration::from_secs(3),
     )
@@ -353,7 +298,7 @@ async fn a_moderator_records_the_meeting_and_downloads_it() {
         "weekly",
         &server.token("weekly", "alice", Role::Speaker),
         vp8_frames(&dir.0, 6),
-        opus_packets(6),
+        opus_packets(6, true),
         Duration::from_millis(1500),
         Duration::from_secs(6),
     )
@@ -483,7 +428,7 @@ async fn a_participant_is_recorded_to_a_webm_that_ffprobe_accepts() {
     let server = TestServer::start(Duration::from_secs(5)).await;
     let publisher_token = server.token("rec", "alice", Role::Speaker);
     let frames = vp8_frames(&dir.0, 6);
-    let audio = opus_packets(6);
+    let audio = opus_packets(6, true);
 
     let (publishing, _) = publish(
         &server.url(""),
@@ -618,7 +563,7 @@ async fn a_server_killed_mid_recording_leaves_a_playable_file() {
         "kill",
         &token("alice", Role::Speaker),
         vp8_frames(&dir.0, 8),
-        opus_packets(8),
+        opus_packets(8, true),
         Duration::from_millis(1500),
         Duration::from_secs(8),
     )
