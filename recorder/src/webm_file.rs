@@ -2,6 +2,7 @@
 //! the file when it is complete, so a file whose recorder was killed plays up to its last
 //! written cluster; finishing adds the cues (seeking) and the duration.
 
+use std::collections::VecDeque;
 use std::io::{Seek, Write};
 
 use webm::mux::{
@@ -49,7 +50,21 @@ pub struct WebmWriter<W: Write + Seek> {
     last_ns: u64,
     /// Video starts on a keyframe.
     video_started: bool,
+    /// Frames of both tracks held back briefly and written in time order, so that one track
+    /// arriving a little behind the other is not clamped onto the other's timeline.
+    reorder: VecDeque<Frame>,
 }
+
+/// A frame waiting in the reorder window.
+struct Frame {
+    ns: u64,
+    video: bool,
+    keyframe: bool,
+    data: Vec<u8>,
+}
+
+/// How long frames wait for a slower track before they are written.
+const REORDER_WINDOW_NS: u64 = 200_000_000;
 
 impl<W: Write + Seek> WebmWriter<W> {
     /// A file with a VP8 track of `video` size and/or an Opus track of `audio_channels`.
@@ -90,6 +105,7 @@ impl<W: Write + Seek> WebmWriter<W> {
             audio_clock: RtpClock::default(),
             last_ns: 0,
             video_started: false,
+            reorder: VecDeque::new(),
         })
     }
 
@@ -116,19 +132,15 @@ impl<W: Write + Seek> WebmWriter<W> {
         ns: u64,
         keyframe: bool,
     ) -> Result<(), RecordError> {
-        let Some(track) = self.video else {
-            return Ok(());
-        };
-        if !self.video_started && !keyframe {
+        if self.video.is_none() {
             return Ok(());
         }
-        self.video_started = true;
-        let ns = ns.max(self.last_ns);
-        self.segment
-            .add_frame(track, frame, ns, keyframe)
-            .map_err(webm_error)?;
-        self.last_ns = ns;
-        Ok(())
+        self.hold(Frame {
+            ns,
+            video: true,
+            keyframe,
+            data: frame.to_vec(),
+        })
     }
 
     /// Adds an Opus packet with its RTP timestamp (48 kHz).
@@ -139,19 +151,60 @@ impl<W: Write + Seek> WebmWriter<W> {
 
     /// Adds an Opus packet at `ns` from the start of the file.
     pub fn push_audio_ns(&mut self, packet: &[u8], ns: u64) -> Result<(), RecordError> {
-        let Some(track) = self.audio else {
+        if self.audio.is_none() {
             return Ok(());
+        }
+        self.hold(Frame {
+            ns,
+            video: false,
+            keyframe: true,
+            data: packet.to_vec(),
+        })
+    }
+
+    /// Puts a frame in time order among the held ones and writes those older than the window.
+    fn hold(&mut self, frame: Frame) -> Result<(), RecordError> {
+        let at = self.reorder.partition_point(|f| f.ns <= frame.ns);
+        let newest = self.reorder.back().map_or(frame.ns, |f| f.ns.max(frame.ns));
+        self.reorder.insert(at, frame);
+        while self
+            .reorder
+            .front()
+            .is_some_and(|f| f.ns + REORDER_WINDOW_NS < newest)
+        {
+            if let Some(frame) = self.reorder.pop_front() {
+                self.write(frame)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, frame: Frame) -> Result<(), RecordError> {
+        let track: u64 = match (frame.video, self.video, self.audio) {
+            (true, Some(video), _) => {
+                if !self.video_started && !frame.keyframe {
+                    return Ok(());
+                }
+                self.video_started = true;
+                video.into()
+            }
+            (false, _, Some(audio)) => audio.into(),
+            _ => return Ok(()),
         };
-        let ns = ns.max(self.last_ns);
+        // Only a straggler older than the window is moved up to the last written time.
+        let ns = frame.ns.max(self.last_ns);
         self.segment
-            .add_frame(track, packet, ns, true)
+            .add_frame(track, &frame.data, ns, frame.keyframe)
             .map_err(webm_error)?;
         self.last_ns = ns;
         Ok(())
     }
 
     /// Writes the cues and sizes and returns the writer.
-    pub fn finish(self) -> Result<W, RecordError> {
+    pub fn finish(mut self) -> Result<W, RecordError> {
+        while let Some(frame) = self.reorder.pop_front() {
+            self.write(frame)?;
+        }
         let writer = self
             .segment
             .finalize(None)

@@ -166,3 +166,59 @@ fn a_killed_recorder_leaves_playable_files() {
     let duration = seconds(&info["format"]["duration"]);
     assert!(duration >= 3.0, "{duration} s of 4 playable");
 }
+
+/// Audio arriving 100 ms behind the video it goes with keeps its own timing in the file (the
+/// writer reorders within its window instead of clamping audio onto the video's timeline).
+#[test]
+fn a_track_arriving_late_keeps_its_timing() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = vp8_frames(dir.path(), 2);
+    let audio = opus_packets(2, false);
+    let format = VideoFormat::from_vp8_keyframe(&frames[0].0).unwrap();
+    let path = dir.path().join("late.webm");
+    let mut writer = WebmWriter::new(File::create(&path).unwrap(), Some(format), Some(1)).unwrap();
+    let ms = 1_000_000u64;
+    // Arrival order: each audio packet only after the video 100 ms ahead of it.
+    let (mut v, mut a) = (0usize, 0usize);
+    while v < frames.len() || a < audio.len() {
+        let video_ns = v as u64 * 1000 * ms / 30;
+        let audio_ns = a as u64 * 20 * ms;
+        if v < frames.len() && (a >= audio.len() || video_ns <= audio_ns + 100 * ms) {
+            writer
+                .push_video_ns(&frames[v].0, video_ns, frames[v].1)
+                .unwrap();
+            v += 1;
+        } else {
+            writer.push_audio_ns(&audio[a], audio_ns).unwrap();
+            a += 1;
+        }
+    }
+    writer.finish().unwrap();
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "a",
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect();
+    assert_eq!(times.len(), audio.len());
+    for pair in times.windows(2) {
+        let step = pair[1] - pair[0];
+        assert!(
+            (step - 0.020).abs() < 0.002,
+            "audio step {step} in {times:?}"
+        );
+    }
+    assert_eq!(decode(&path), "");
+}
