@@ -256,8 +256,15 @@ fn handle_media(
                 let first = *first_audio.get_or_insert(data.network_time);
                 pending_audio.push((data.data.to_vec(), ns));
                 if data.network_time.saturating_duration_since(first) > VIDEO_GRACE {
-                    // No video: an audio-only file.
-                    let mut writer = WebmWriter::new(File::create(&config.file)?, None, Some(2))?;
+                    // No video yet: the file starts with audio, and keeps a video track (of a
+                    // nominal size: decoders take the real one from the frames) for a camera
+                    // turned on later.
+                    let later_camera = VideoFormat {
+                        width: 640,
+                        height: 360,
+                    };
+                    let mut writer =
+                        WebmWriter::new(File::create(&config.file)?, Some(later_camera), Some(2))?;
                     for (packet, ns) in pending_audio.drain(..) {
                         writer.push_audio_ns(&packet, ns)?;
                     }

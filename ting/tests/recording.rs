@@ -50,6 +50,21 @@ async fn publish(
     delay: Duration,
     run: Duration,
 ) -> (std::thread::JoinHandle<()>, String) {
+    publish_with(base, room, token, frames, audio, delay, run, Duration::ZERO).await
+}
+
+/// As [`publish`], with the camera starting `video_after` the microphone.
+#[allow(clippy::too_many_arguments)]
+async fn publish_with(
+    base: &str,
+    room: &str,
+    token: &str,
+    frames: Vec<(Vec<u8>, bool)>,
+    audio: Vec<Vec<u8>>,
+    delay: Duration,
+    run: Duration,
+    video_after: Duration,
+) -> (std::thread::JoinHandle<()>, String) {
     let mut peer = MediaPeer::udp();
     let (offer, pending, mids) = peer.offer(&[
         (MediaKind::Audio, Direction::SendOnly),
@@ -98,7 +113,12 @@ async fn publish(
                         .unwrap();
                     a += 1;
                 }
-                while v < frames.len() && elapsed >= Duration::from_millis(v as u64 * 1000 / 30) {
+                let Some(video_elapsed) = elapsed.checked_sub(video_after) else {
+                    return;
+                };
+                while v < frames.len()
+                    && video_elapsed >= Duration::from_millis(v as u64 * 1000 / 30)
+                {
                     let pt = pt(rtc, mids[1], Codec::Vp8);
                     let ts = MediaTime::new(v as u64 * 3000, Frequency::NINETY_KHZ);
                     rtc.writer(mids[1])
@@ -230,6 +250,72 @@ async fn a_recording_ends_when_everybody_leaves() {
     };
     assert!(!settings.recording, "the old recording does not go on");
     assert_eq!(participant_count, 1, "no recorder left behind");
+    server.shutdown().await;
+}
+
+/// A camera turned on long after the microphone is still recorded, in the same file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_turned_on_later_is_recorded_too() {
+    let dir = common::temp_dir("late-camera");
+    let data = dir.0.clone();
+    let server = TestServer::start_auto_recording(dir).await;
+    let token = server.token("late", "alice", Role::Speaker);
+    let (publishing, location) = publish_with(
+        &server.url(""),
+        "late",
+        &token,
+        vp8_frames(&data, 2),
+        opus_packets(7, true),
+        Duration::from_millis(300),
+        Duration::from_secs(7),
+        Duration::from_secs(4),
+    )
+    .await;
+    publishing.join().unwrap();
+    let left = reqwest::Client::new()
+        .delete(server.url(&location))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.status(), 200);
+    let folder = std::fs::read_dir(data.join("recordings/late"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let file = folder.join("alice.webm");
+    let mut frames = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let out = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-count_frames",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=nb_read_frames",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap();
+        frames = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if frames > 0 {
+            break;
+        }
+    }
+    assert!(
+        frames >= 30,
+        "{frames} video frames recorded after the late camera"
+    );
     server.shutdown().await;
 }
 
