@@ -289,6 +289,7 @@ impl Hub {
             hand_raised: false,
         };
         let mut member = Member::new(info, hidden, random_token());
+        member.recorder = hidden && claims.sub == crate::recording::RECORDER_IDENTITY;
         member.region = claims.region.clone();
         {
             let mut rooms = self.rooms();
@@ -386,7 +387,7 @@ impl Hub {
                 .into_iter()
                 .take(FIRST_PAGE)
                 .collect(),
-            participant_count: room.members.len() as u32,
+            participant_count: room.headcount() as u32,
             active_speaker: room.active_speaker,
             settings: room.settings,
             lobby: if member.info.role.moderates() {

@@ -57,6 +57,9 @@ fn file_stem(identity: &str) -> String {
     }
 }
 
+/// The identity the recorder's WHEP sessions join as (not counted as a person).
+pub(crate) const RECORDER_IDENTITY: &str = "ting-recorder";
+
 /// How often recordings are checked against their room's retention rule.
 const RETENTION_SWEEP: Duration = Duration::from_secs(600);
 
@@ -260,7 +263,7 @@ impl Hub {
         };
         let token = match self.keys().mint(
             room.clone(),
-            "ting-recorder",
+            RECORDER_IDENTITY,
             "Recorder",
             // A moderator's rights let the recorder into locked rooms and past the lobby; its
             // WHEP session cannot use them for anything else.

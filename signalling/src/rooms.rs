@@ -33,6 +33,8 @@ pub struct Member {
     pub moderator_muted: HashSet<TrackKind>,
     /// Where the participant is, from its token (cluster media placement).
     pub region: Option<String>,
+    /// The room's own recorder: not a person, so not in the headcount.
+    pub recorder: bool,
 }
 
 impl Member {
@@ -45,6 +47,7 @@ impl Member {
             generation: 0,
             moderator_muted: HashSet::new(),
             region: None,
+            recorder: false,
         }
     }
 
@@ -139,11 +142,17 @@ impl Room {
         }
     }
 
+    /// The people in the room (the recorder is not one).
+    pub fn headcount(&self) -> usize {
+        self.members.values().filter(|m| !m.recorder).count()
+    }
+
     /// Sends the pending roster batch to listed members and the headcount to the others.
     /// Returns how many messages were queued.
     pub fn flush_roster(&mut self, now: Instant) -> usize {
+        let headcount = self.headcount();
         let members = &self.members;
-        let flush = self.pending.flush(now, members.len(), |id| {
+        let flush = self.pending.flush(now, headcount, |id| {
             members.get(&id).map(|m| m.info.clone())
         });
         let mut sent = 0;
