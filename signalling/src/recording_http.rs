@@ -89,6 +89,17 @@ struct RecordingEntry {
 struct FileEntry {
     name: String,
     size: u64,
+    /// A download link for this file alone, valid for an hour: the moderator's own token never
+    /// goes into a URL (logs, history, Referer).
+    url: String,
+}
+
+/// How long the download links in a listing work.
+const LINK_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The `file` claim of a recording's download link.
+fn link_scope(id: &str, file: &str) -> String {
+    format!("recording/{id}/{file}")
 }
 
 async fn list(
@@ -108,9 +119,22 @@ async fn list(
             .into_iter()
             .flatten()
             .flatten()
-            .map(|f| FileEntry {
-                name: f.file_name().to_string_lossy().into_owned(),
-                size: f.metadata().map(|m| m.len()).unwrap_or(0),
+            .map(|f| {
+                let name = f.file_name().to_string_lossy().into_owned();
+                let link = state
+                    .hub
+                    .keys()
+                    .mint_file_link(claims.room.clone(), &link_scope(&id, &name), LINK_TTL)
+                    .map(|(token, _)| token)
+                    .unwrap_or_default();
+                FileEntry {
+                    url: format!(
+                        "/api/rooms/{}/recordings/{id}/{name}?token={link}",
+                        claims.room
+                    ),
+                    size: f.metadata().map(|m| m.len()).unwrap_or(0),
+                    name,
+                }
             })
             .collect();
         files.sort_by(|a, b| a.name.cmp(&b.name));
@@ -135,7 +159,13 @@ async fn download(
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = moderator(&state, &headers, &query, &room)?;
+    // A moderator's token, or a link made for this very file.
+    let link = claims(&state, &headers, &query, &room)?;
+    let claims = if link.file.as_deref() == Some(link_scope(&id, &file).as_str()) {
+        link
+    } else {
+        moderator(&state, &headers, &query, &room)?
+    };
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -474,6 +474,19 @@ async fn a_moderator_records_the_meeting_and_downloads_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let id = listed[0]["id"].as_str().unwrap().to_owned();
+    // The listing's link downloads that file without the moderator's token, and nothing else.
+    let link = listed[0]["files"][0]["url"].as_str().unwrap().to_owned();
+    assert!(!link.contains(&host_token), "no join token in a URL");
+    let by_link = http.get(server.url(&link)).send().await.unwrap();
+    assert_eq!(by_link.status(), 200);
+    let link_token = link.split("token=").nth(1).unwrap();
+    let elsewhere = http
+        .get(server.url("/api/rooms/weekly/recordings"))
+        .bearer_auth(link_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 403, "a link lists nothing");
     assert_eq!(listed[0]["files"][0]["name"], "alice.webm", "{listed}");
     let bytes = http
         .get(server.url(&format!("/api/rooms/weekly/recordings/{id}/alice.webm")))

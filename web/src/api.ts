@@ -124,6 +124,8 @@ export function setRetention(room: string, token: string, keepDays: number | nul
 export interface RecordingFile {
   name: string;
   size: number;
+  /** A download link for this file alone, valid for an hour (no join token in the URL). */
+  url?: string;
 }
 
 /** One recording of the room; `id` is its start time in unix ms (as a string). */

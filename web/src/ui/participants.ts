@@ -271,7 +271,7 @@ export class ParticipantsPanel {
                     {},
                     h(
                       'a',
-                      { href: this.recordings.url(r.id, f.name), download: f.name, 'data-testid': 'recording-file' },
+                      { href: f.url ?? this.recordings.url(r.id, f.name), download: f.name, 'data-testid': 'recording-file' },
                       f.name,
                     ),
                     h('span', { className: 'file-meta' }, ` ${formatBytes(f.size)}`),
