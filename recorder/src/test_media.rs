@@ -1,5 +1,6 @@
 //! Real media for tests (feature `test-media`): VP8 frames from ffmpeg's libvpx and Opus
-//! packets from libopus, so that what tests record decodes in independent tools.
+//! packets from libopus, so that what tests record decodes in independent tools, and those
+//! tools (ffprobe, ffmpeg) to check the files.
 
 use std::path::Path;
 use std::process::Command;
@@ -74,4 +75,50 @@ pub fn opus_packets(seconds: u32, stereo: bool) -> Vec<Vec<u8>> {
             out
         })
         .collect()
+}
+
+/// ffprobe's view of a file: its streams' codec, type, start time and duration, and the
+/// format's duration (JSON). Panics if ffprobe cannot read the file.
+pub fn probe(path: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries"])
+        .arg("stream=codec_name,codec_type,start_time,duration:format=duration")
+        .args(["-of", "json"])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("ffprobe: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ffprobe's JSON: {e}"))
+}
+
+/// What ffmpeg complains about while decoding every frame (empty when the file is clean).
+pub fn decode_errors(path: &Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap_or_else(|e| panic!("ffmpeg: {e}"));
+    assert!(
+        out.status.success(),
+        "ffmpeg could not read {}",
+        path.display()
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// How many frames of the first video stream decode (0 when none, or no file).
+pub fn video_frames_decoded(path: &Path) -> u32 {
+    Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+        .unwrap_or(0)
 }

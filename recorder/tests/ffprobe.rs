@@ -5,46 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs::File;
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use ting_recorder::test_media::{opus_packets, vp8_frames};
+use ting_recorder::test_media::{
+    decode_errors, opus_packets, probe, video_frames_decoded, vp8_frames,
+};
 use ting_recorder::{OggOpusWriter, VideoFormat, WebmWriter};
-
-fn probe(path: &Path) -> Value {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name,codec_type,start_time,duration:format=duration",
-            "-of",
-            "json",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Decodes everything; returns what ffmpeg complained about (empty when clean) and the
-/// decoded duration in seconds of the first stream of `kind`.
-fn decode(path: &Path) -> String {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn seconds(v: &Value) -> f64 {
     v.as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN)
@@ -66,7 +33,7 @@ fn opus_in_ogg_decodes_with_the_right_duration() {
     assert_eq!(info["streams"][0]["codec_name"], "opus");
     let duration = seconds(&info["format"]["duration"]);
     assert!((duration - 5.0).abs() < 0.05, "duration {duration}");
-    assert_eq!(decode(&path), "");
+    assert_eq!(decode_errors(&path), "");
 }
 
 #[test]
@@ -116,7 +83,7 @@ fn vp8_and_opus_in_webm_decode_and_line_up() {
     );
     let duration = seconds(&info["format"]["duration"]);
     assert!((duration - 3.0).abs() < 0.1, "duration {duration}");
-    assert_eq!(decode(&path), "");
+    assert_eq!(decode_errors(&path), "");
 }
 
 #[test]
@@ -140,25 +107,7 @@ fn a_killed_recorder_leaves_playable_files() {
 
     let info = probe(&webm_path);
     assert_eq!(info["streams"][0]["codec_name"], "vp8");
-    let decoded = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&webm_path)
-        .output()
-        .unwrap();
-    let count: usize = String::from_utf8_lossy(&decoded.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0);
+    let count = video_frames_decoded(&webm_path) as usize;
     assert!(count >= 60, "{count} of {} frames playable", frames.len());
 
     let info = probe(&ogg_path);
@@ -220,5 +169,5 @@ fn a_track_arriving_late_keeps_its_timing() {
             "audio step {step} in {times:?}"
         );
     }
-    assert_eq!(decode(&path), "");
+    assert_eq!(decode_errors(&path), "");
 }

@@ -85,7 +85,12 @@ impl Hub {
             if started >= cutoff {
                 continue;
             }
-            match std::fs::remove_dir_all(entry.path()) {
+            // A recording may be gigabytes: removed off the async workers.
+            let path = entry.path();
+            let removal = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            match removal {
                 Ok(()) => {
                     removed += 1;
                     if let Some(collab) = self.collab() {

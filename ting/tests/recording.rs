@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,29 +14,10 @@ use common::peer::MediaPeer;
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
 use ting_protocol::{ClientMessage, Role, ServerMessage};
-use ting_recorder::test_media::{opus_packets, vp8_frames};
+use ting_recorder::test_media::{
+    decode_errors, opus_packets, probe, video_frames_decoded, vp8_frames,
+};
 use tokio_util::sync::CancellationToken;
-
-fn probe(path: &Path) -> serde_json::Value {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name,codec_type,start_time:format=duration",
-            "-of",
-            "json",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// Publishes real VP8 and Opus over WHIP, starting `delay` after connecting, until `run`
 /// has passed.
@@ -289,25 +269,7 @@ async fn a_camera_turned_on_later_is_recorded_too() {
     let mut frames = 0;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let out = Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-count_frames",
-                "-select_streams",
-                "v:0",
-                "-show_entries",
-                "stream=nb_read_frames",
-                "-of",
-                "csv=p=0",
-            ])
-            .arg(&file)
-            .output()
-            .unwrap();
-        frames = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0);
+        frames = video_frames_decoded(&file);
         if frames > 0 {
             break;
         }
@@ -596,18 +558,7 @@ async fn a_participant_is_recorded_to_a_webm_that_ffprobe_accepts() {
         .parse()
         .unwrap();
     assert!(duration > 3.0, "duration {duration}");
-    let decoded = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&file)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    assert!(decoded.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&decoded.stderr),
-        "",
-        "every frame decodes"
-    );
+    assert_eq!(decode_errors(&file), "", "every frame decodes");
     server.shutdown().await;
 }
 
@@ -692,24 +643,6 @@ async fn a_server_killed_mid_recording_leaves_a_playable_file() {
     let file = recording.join("alice.webm");
     let info = probe(&file);
     assert_eq!(info["streams"][0]["codec_name"], "vp8", "{info}");
-    let frames = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let count: u32 = String::from_utf8_lossy(&frames.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0);
+    let count = video_frames_decoded(&file);
     assert!(count >= 30, "{count} frames playable after the kill");
 }
